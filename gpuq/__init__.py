@@ -1,0 +1,3 @@
+"""gpuq: a multi-user GPU job queue for shared lab servers."""
+
+__version__ = "0.1.0"

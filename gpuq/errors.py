@@ -1,0 +1,59 @@
+"""gpuq's domain errors.
+
+Every error a user can see is a :class:`GpuqError` whose message is one clear
+sentence saying what is wrong and what to do.  Foreign exceptions are wrapped
+where they enter gpuq (``raise StoreUnavailable(...) from e``).
+"""
+
+from __future__ import annotations
+
+
+class GpuqError(Exception):
+    """Base class: ``str(err)`` is the sentence shown to the user."""
+
+    #: HTTP status the daemon's API answers with for this error.
+    http_status = 400
+    #: Exit status of the CLI for this error.
+    exit_code = 1
+
+
+class InvalidInput(GpuqError):
+    """The user gave something malformed (a size, a duration, an option)."""
+
+
+class JobNotFound(GpuqError):
+    http_status = 404
+
+
+class PermissionDenied(GpuqError):
+    http_status = 403
+
+
+class WouldNeverFit(GpuqError):
+    """The request could never run on any node of this cluster."""
+
+    http_status = 422
+
+
+class IllegalTransition(GpuqError):
+    """A state change that the job's current state does not allow."""
+
+    http_status = 409
+
+
+class StoreUnavailable(GpuqError):
+    """Redis could not be reached or answered with an error."""
+
+    http_status = 503
+
+
+class DaemonNotRunning(GpuqError):
+    exit_code = 2
+
+
+class NoGpuInventory(GpuqError):
+    """Neither NVML nor a simulated inventory is available."""
+
+
+class ConfigError(GpuqError):
+    """The configuration file or environment is invalid."""

@@ -1,0 +1,342 @@
+"""The job data model: spec, states, legal transitions and versioned JSON.
+
+Everything here is pure: no Redis, no clock, no processes.  A record written by
+an older gpuq must keep loading, so ``from_dict`` tolerates missing fields and
+``SCHEMA_VERSION`` is bumped when the meaning of a field changes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Mapping
+
+from gpuq.errors import IllegalTransition, InvalidInput
+
+SCHEMA_VERSION = 1
+
+#: Exit status a job uses to say "I was preempted and saved a checkpoint: requeue me".
+#: 75 is EX_TEMPFAIL from sysexits.h ("temporary failure; try again later").
+REQUEUE_EXIT_CODE = 75
+
+
+class JobState(str, Enum):
+    PENDING = "pending"
+    HELD = "held"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    TIMEOUT = "timeout"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_STATES
+
+    @property
+    def active(self) -> bool:
+        return not self.terminal
+
+
+TERMINAL_STATES = frozenset({JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED, JobState.TIMEOUT})
+
+#: Legal state changes.  RUNNING -> PENDING is a requeue (preemption, checkpoint exit,
+#: ``gpuq requeue``, daemon shutdown or recovery).
+TRANSITIONS: dict[JobState, frozenset[JobState]] = {
+    JobState.PENDING: frozenset({JobState.HELD, JobState.RUNNING, JobState.CANCELLED}),
+    JobState.HELD: frozenset({JobState.PENDING, JobState.CANCELLED}),
+    JobState.RUNNING: frozenset(
+        {JobState.PENDING, JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED, JobState.TIMEOUT}
+    ),
+    JobState.COMPLETED: frozenset(),
+    JobState.FAILED: frozenset(),
+    JobState.CANCELLED: frozenset(),
+    JobState.TIMEOUT: frozenset(),
+}
+
+
+class StopKind(str, Enum):
+    """Why a running job is being asked to stop; decides the state it ends in."""
+
+    CANCEL = "cancel"  # -> cancelled
+    REQUEUE = "requeue"  # gpuq requeue -> pending
+    PREEMPT = "preempt"  # scheduler preemption -> pending
+    SHUTDOWN = "shutdown"  # daemon stopping -> pending
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What a job asks for.  ``mem_mib`` and ``fraction`` are per GPU and exclusive of each other;
+    with neither, the job takes whole GPUs."""
+
+    gpus: int = 1
+    mem_mib: int | None = None
+    fraction: float | None = None
+    exclusive: bool = False
+
+    def __post_init__(self) -> None:
+        if self.gpus < 0:
+            raise InvalidInput(f"--gpus {self.gpus} is negative: give 0 for a CPU-only job or a positive count.")
+        if self.mem_mib is not None and self.fraction is not None:
+            raise InvalidInput("--gpu-mem and --fraction both set the memory per GPU: give only one of them.")
+        if self.mem_mib is not None and self.mem_mib <= 0:
+            raise InvalidInput("--gpu-mem must be larger than zero, like 512MiB or 10GiB.")
+        if self.fraction is not None and not (0 < self.fraction <= 1):
+            raise InvalidInput("--fraction must be above 0 and at most 1, like 0.25.")
+        if self.gpus == 0 and (self.mem_mib is not None or self.fraction is not None or self.exclusive):
+            raise InvalidInput("--gpu-mem, --fraction and --exclusive need --gpus of 1 or more.")
+
+    @property
+    def whole_gpus(self) -> bool:
+        """True when each GPU is reserved whole (no memory share given, or exclusive)."""
+        return self.gpus > 0 and (self.exclusive or (self.mem_mib is None and self.fraction is None))
+
+    def request_mib(self, gpu_total_mib: int) -> int:
+        """Memory this job reserves on one GPU of the given size."""
+        if self.whole_gpus:
+            return gpu_total_mib
+        if self.mem_mib is not None:
+            return self.mem_mib
+        assert self.fraction is not None  # guaranteed by __post_init__
+        return int(self.fraction * gpu_total_mib)
+
+    def limit_mib(self, gpu_total_mib: int) -> int | None:
+        """The framework memory limit for one GPU, or None for "whole GPU, allow growth"."""
+        if self.mem_mib is not None:
+            return self.mem_mib
+        if self.fraction is not None:
+            return int(self.fraction * gpu_total_mib)
+        return None
+
+
+@dataclass(frozen=True)
+class Owner:
+    """Who submitted a job, as the daemon read it from the socket's peer credentials."""
+
+    uid: int
+    gid: int
+    user: str
+    groups: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """What the user asked to run.  ``argv`` is the final command (interpreter resolved)."""
+
+    argv: tuple[str, ...]
+    cwd: str
+    env: Mapping[str, str] = field(default_factory=dict)
+    name: str = ""
+    priority: int = 0
+    after: tuple[int, ...] = ()
+    time_limit_s: float | None = None
+    checkpointable: bool = False
+    resources: Resources = field(default_factory=Resources)
+
+    def __post_init__(self) -> None:
+        if not self.argv:
+            raise InvalidInput("nothing to run: give a script or a command, like `gpuq submit train.py`.")
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a running job was put: one node, one entry per GPU."""
+
+    node: str
+    gpu_uuids: tuple[str, ...] = ()
+    gpu_indices: tuple[int, ...] = ()
+    reserved_mib: tuple[int, ...] = ()  # memory held on each GPU for scheduling
+    limit_mib: tuple[int | None, ...] = ()  # framework memory limit on each GPU (None: allow growth)
+    gpu_total_mib: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class StopRequest:
+    kind: StopKind
+    at: float
+    by: str = ""
+
+
+@dataclass(frozen=True)
+class Progress:
+    step: int | None = None
+    total: int | None = None
+    epoch: int | None = None
+    loss: float | None = None
+    eta_s: float | None = None
+    updated_at: float | None = None
+
+
+@dataclass(frozen=True)
+class Job:
+    id: int
+    spec: JobSpec
+    owner: Owner
+    state: JobState
+    submitted_at: float
+    # RUNNING only
+    placement: Placement | None = None
+    placed_at: float | None = None
+    started_at: float | None = None  # when the process started (None: placed, not yet started)
+    pid: int | None = None
+    stop_request: StopRequest | None = None
+    progress: Progress | None = None
+    # terminal only
+    ended_at: float | None = None
+    exit_code: int | None = None
+    # any state
+    end_reason: str = ""  # why it last stopped (for a requeued or finished job)
+    requeues: int = 0
+    attained_gpu_s: float = 0.0  # GPU-seconds received in earlier runs (for LAS)
+    last_run_s: float = 0.0  # wall seconds of the previous run
+
+    def __post_init__(self) -> None:
+        running_only = {
+            "placement": self.placement, "placed_at": self.placed_at, "started_at": self.started_at,
+            "pid": self.pid, "stop_request": self.stop_request, "progress": self.progress,
+        }
+        if self.state is JobState.RUNNING:
+            if self.placement is None or self.placed_at is None:
+                raise ValueError(f"job {self.id}: a running job needs a placement")
+        else:
+            extra = [k for k, v in running_only.items() if v is not None]
+            if extra:
+                raise ValueError(f"job {self.id}: fields {extra} are only valid while running")
+        if self.state.terminal and self.ended_at is None:
+            raise ValueError(f"job {self.id}: a finished job needs ended_at")
+        if not self.state.terminal and (self.ended_at is not None or self.exit_code is not None):
+            raise ValueError(f"job {self.id}: only a finished job has ended_at/exit_code")
+
+    @property
+    def display_name(self) -> str:
+        if self.spec.name:
+            return self.spec.name
+        for arg in self.spec.argv[1:] if _is_interpreter(self.spec.argv[0]) else self.spec.argv:
+            return arg.rsplit("/", 1)[-1]
+        return self.spec.argv[0]
+
+    def transition(self, to: JobState, **changes: Any) -> "Job":
+        """Return this job in state ``to``; fields not valid in ``to`` are dropped."""
+        if to not in TRANSITIONS[self.state]:
+            raise IllegalTransition(
+                f"job {self.id} is {self.state.value} and cannot become {to.value}."
+            )
+        base: dict[str, Any] = {}
+        if to is not JobState.RUNNING:
+            base.update(placement=None, placed_at=None, started_at=None, pid=None,
+                        stop_request=None, progress=None)
+        base.update(changes)
+        return dataclasses.replace(self, state=to, **base)
+
+    def with_changes(self, **changes: Any) -> "Job":
+        return dataclasses.replace(self, **changes)
+
+    # ---- JSON -------------------------------------------------------------------------------
+
+    def to_dict(self, with_env: bool = True) -> dict[str, Any]:
+        return job_to_dict(self, with_env=with_env)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Job":
+        return job_from_dict(d)
+
+
+def _is_interpreter(arg0: str) -> bool:
+    base = arg0.rsplit("/", 1)[-1]
+    return base.startswith("python")
+
+
+def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in d.items() if v is not None}
+
+
+def job_to_dict(job: Job, with_env: bool = True) -> dict[str, Any]:
+    spec = job.spec
+    r = spec.resources
+    out: dict[str, Any] = {
+        "v": SCHEMA_VERSION,
+        "id": job.id,
+        "state": job.state.value,
+        "submitted_at": job.submitted_at,
+        "owner": {"uid": job.owner.uid, "gid": job.owner.gid, "user": job.owner.user,
+                  "groups": list(job.owner.groups)},
+        "spec": _drop_none({
+            "argv": list(spec.argv), "cwd": spec.cwd, "name": spec.name, "priority": spec.priority,
+            "after": list(spec.after), "time_limit_s": spec.time_limit_s,
+            "checkpointable": spec.checkpointable,
+            "resources": _drop_none({"gpus": r.gpus, "mem_mib": r.mem_mib, "fraction": r.fraction,
+                                     "exclusive": r.exclusive}),
+        }),
+        "requeues": job.requeues,
+        "attained_gpu_s": job.attained_gpu_s,
+        "last_run_s": job.last_run_s,
+    }
+    if with_env:
+        out["spec"]["env"] = dict(spec.env)
+    if job.end_reason:
+        out["end_reason"] = job.end_reason
+    if job.placement is not None:
+        p = job.placement
+        out["placement"] = {"node": p.node, "gpu_uuids": list(p.gpu_uuids), "gpu_indices": list(p.gpu_indices),
+                            "reserved_mib": list(p.reserved_mib), "limit_mib": list(p.limit_mib),
+                            "gpu_total_mib": list(p.gpu_total_mib)}
+    if job.stop_request is not None:
+        out["stop_request"] = {"kind": job.stop_request.kind.value, "at": job.stop_request.at,
+                               "by": job.stop_request.by}
+    if job.progress is not None:
+        out["progress"] = _drop_none(dataclasses.asdict(job.progress))
+    for k in ("placed_at", "started_at", "pid", "ended_at", "exit_code"):
+        v = getattr(job, k)
+        if v is not None:
+            out[k] = v
+    return out
+
+
+def job_from_dict(d: Mapping[str, Any]) -> Job:
+    version = d.get("v", 1)
+    if version > SCHEMA_VERSION:
+        raise ValueError(f"job record version {version} is newer than this gpuq understands ({SCHEMA_VERSION})")
+    s = d.get("spec", {})
+    r = s.get("resources", {})
+    o = d.get("owner", {})
+    p = d.get("placement")
+    sr = d.get("stop_request")
+    pr = d.get("progress")
+    return Job(
+        id=int(d["id"]),
+        state=JobState(d["state"]),
+        submitted_at=float(d.get("submitted_at", 0.0)),
+        owner=Owner(uid=int(o.get("uid", -1)), gid=int(o.get("gid", -1)), user=str(o.get("user", "?")),
+                    groups=tuple(o.get("groups", ()))),
+        spec=JobSpec(
+            argv=tuple(s.get("argv", ())),
+            cwd=s.get("cwd", "/"),
+            env=dict(s.get("env", {})),
+            name=s.get("name", ""),
+            priority=int(s.get("priority", 0)),
+            after=tuple(int(a) for a in s.get("after", ())),
+            time_limit_s=s.get("time_limit_s"),
+            checkpointable=bool(s.get("checkpointable", False)),
+            resources=Resources(gpus=int(r.get("gpus", 1)), mem_mib=r.get("mem_mib"),
+                                fraction=r.get("fraction"), exclusive=bool(r.get("exclusive", False))),
+        ),
+        placement=None if p is None else Placement(
+            node=p["node"], gpu_uuids=tuple(p.get("gpu_uuids", ())), gpu_indices=tuple(p.get("gpu_indices", ())),
+            reserved_mib=tuple(p.get("reserved_mib", ())), limit_mib=tuple(p.get("limit_mib", ())),
+            gpu_total_mib=tuple(p.get("gpu_total_mib", ())),
+        ),
+        placed_at=d.get("placed_at"),
+        started_at=d.get("started_at"),
+        pid=d.get("pid"),
+        stop_request=None if sr is None else StopRequest(kind=StopKind(sr["kind"]), at=float(sr["at"]),
+                                                          by=sr.get("by", "")),
+        progress=None if pr is None else Progress(**{k: pr.get(k) for k in
+                                                     ("step", "total", "epoch", "loss", "eta_s", "updated_at")}),
+        ended_at=d.get("ended_at"),
+        exit_code=d.get("exit_code"),
+        end_reason=d.get("end_reason", ""),
+        requeues=int(d.get("requeues", 0)),
+        attained_gpu_s=float(d.get("attained_gpu_s", 0.0)),
+        last_run_s=float(d.get("last_run_s", 0.0)),
+    )

@@ -1,0 +1,90 @@
+"""Parsing and formatting of sizes and durations (pure, no I/O)."""
+
+from __future__ import annotations
+
+import math
+import re
+
+from gpuq.errors import InvalidInput
+
+_SIZE_UNITS_MIB = {
+    "k": 1 / 1024, "kb": 1000 / 1024 / 1024, "kib": 1 / 1024,
+    "m": 1, "mb": 1000 * 1000 / 1024 / 1024, "mib": 1,
+    "g": 1024, "gb": 1000**3 / 1024**2, "gib": 1024,
+    "t": 1024**2, "tb": 1000**4 / 1024**2, "tib": 1024**2,
+}
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_size_mib(text: str, what: str = "size") -> int:
+    """Parse ``10GiB``, ``512MiB``, ``1.5G`` or ``24GB`` into whole MiB (rounded up).
+
+    A bare number means MiB.  Zero and negative sizes are refused.
+    """
+    m = _SIZE_RE.match(str(text))
+    unit = m.group(2).lower() if m else ""
+    if not m or (unit and unit not in _SIZE_UNITS_MIB):
+        raise InvalidInput(
+            f"{what} {text!r} is not a size: write a number with a unit, like 10GiB or 512MiB."
+        )
+    value = float(m.group(1)) * _SIZE_UNITS_MIB.get(unit or "mib")
+    mib = math.ceil(value - 1e-9)
+    if mib <= 0:
+        raise InvalidInput(f"{what} {text!r} must be larger than zero, like 512MiB or 10GiB.")
+    return mib
+
+
+_DUR_UNITS_S = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
+_DUR_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(d|h|min|m|sec|s)?", re.I)
+
+
+def parse_duration_s(text: str, what: str = "duration") -> float:
+    """Parse ``2h``, ``90m``, ``1h30m``, ``45s``, ``1d`` or ``HH:MM:SS`` into seconds (> 0)."""
+    t = str(text).strip().lower()
+    seconds: float | None = None
+    if re.fullmatch(r"\d+(:\d{1,2}){1,2}", t):
+        parts = [int(p) for p in t.split(":")]
+        seconds = 0.0
+        for p in parts:
+            seconds = seconds * 60 + p
+    elif t and re.fullmatch(r"(\s*\d+(\.\d+)?\s*(d|h|min|m|sec|s)?)+", t):
+        seconds = 0.0
+        for num, unit in _DUR_PART.findall(t):
+            seconds += float(num) * _DUR_UNITS_S[(unit or "s").lower()]
+    if seconds is None:
+        raise InvalidInput(f"{what} {text!r} is not a duration: write it like 2h, 90m, 1h30m or 01:30:00.")
+    if seconds <= 0:
+        raise InvalidInput(f"{what} {text!r} must be longer than zero, like 30m or 2h.")
+    return seconds
+
+
+def parse_fraction(text: str | float) -> float:
+    try:
+        f = float(text)
+    except (TypeError, ValueError):
+        raise InvalidInput(f"fraction {text!r} is not a number: give a share of one GPU between 0 and 1, like 0.25.") from None
+    if not (0 < f <= 1) or math.isnan(f):
+        raise InvalidInput(f"fraction {text!r} is out of range: give a share of one GPU above 0 and at most 1, like 0.25.")
+    return f
+
+
+def format_mib(mib: float | None) -> str:
+    if mib is None:
+        return "-"
+    if mib >= 1024:
+        return f"{mib / 1024:.1f} GiB"
+    return f"{mib:.0f} MiB"
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = int(max(0, seconds))
+    d, s = divmod(s, 86400)
+    h, s = divmod(s, 3600)
+    m, s = divmod(s, 60)
+    if d:
+        return f"{d}d{h:02d}h"
+    if h:
+        return f"{h}:{m:02d}:{s:02d}"
+    return f"{m}:{s:02d}"

@@ -1,0 +1,1 @@
+"""Node side: GPU probe (NVML or simulated), job environment, launcher/supervisor, RQ worker."""

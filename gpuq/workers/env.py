@@ -1,0 +1,74 @@
+"""The environment a job's process gets (pure: builds a dict, never touches os.environ).
+
+The contract with training scripts (and with ``gpuq.jobs.tf``):
+
+=============================  ===============================================================
+``CUDA_DEVICE_ORDER``          ``PCI_BUS_ID`` so CUDA numbers GPUs as NVML does
+``CUDA_VISIBLE_DEVICES``       the placed GPUs' UUIDs, comma-separated ("" for ``--gpus 0``)
+``TF_FORCE_GPU_ALLOW_GROWTH``  ``true``: TensorFlow does not grab the whole GPU
+``GPUQ_GPU_MEM_MIB``           the job's memory share per GPU in MiB (absent: whole GPU)
+``GPUQ_GPU_MEM_FRACTION``      the same share as a fraction of the GPU (absent: whole GPU)
+``XLA_PYTHON_CLIENT_*``        JAX: no preallocation, and the share as MEM_FRACTION
+``PYTORCH_ALLOC_CONF``         ``per_process_memory_fraction:F`` (PyTorch)
+``GPUQ_JOB_ID``                the job's id
+``GPUQ_CHECKPOINT_DIR``        a per-job directory that survives requeues
+``GPUQ_PROGRESS_FILE``         where the runtime writes progress JSON for ``gpuq status``
+``GPUQ_REQUEUE_EXIT_CODE``     the exit status meaning "checkpointed, requeue me" (75)
+``GPUQ_RESTART_COUNT``         how many times the job was requeued before this run
+``GPUQ_SIMULATED_GPU_DIR``     only on simulated GPUs: where a process declares memory it "uses"
+=============================  ===============================================================
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+from gpuq.jobs.model import REQUEUE_EXIT_CODE, Job
+
+#: Variables from the submitting shell that are never passed on: they describe the
+#: submitting terminal or would override what gpuq decides for the job.
+DROPPED_VARS = frozenset({
+    "CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "TF_FORCE_GPU_ALLOW_GROWTH", "PYTORCH_ALLOC_CONF",
+    "PYTORCH_CUDA_ALLOC_CONF", "XLA_PYTHON_CLIENT_PREALLOCATE", "XLA_PYTHON_CLIENT_MEM_FRACTION",
+    "GPUQ_GPU_MEM_MIB", "GPUQ_GPU_MEM_FRACTION", "GPUQ_JOB_ID", "GPUQ_CHECKPOINT_DIR", "GPUQ_PROGRESS_FILE",
+    "GPUQ_SIMULATED_GPU_DIR", "GPUQ_RESTART_COUNT", "GPUQ_REQUEUE_EXIT_CODE",
+    "TERM_SESSION_ID", "SSH_AUTH_SOCK", "SSH_AGENT_PID", "WINDOWID", "DISPLAY", "XAUTHORITY",
+})
+
+
+def build_job_env(
+    job: Job,
+    checkpoint_dir: str,
+    progress_file: str,
+    simulated_gpu_dir: str | None = None,
+) -> dict[str, str]:
+    """The full environment for ``job``'s process on its placement."""
+    env: dict[str, str] = {k: v for k, v in job.spec.env.items() if k not in DROPPED_VARS}
+    p = job.placement
+    uuids = p.gpu_uuids if p is not None else ()
+    env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
+    env["CUDA_VISIBLE_DEVICES"] = ",".join(uuids)
+    env["TF_FORCE_GPU_ALLOW_GROWTH"] = "true"
+    env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
+    limits = [m for m in (p.limit_mib if p is not None else ()) if m is not None]
+    if p is not None and uuids and limits and len(limits) == len(uuids):
+        mib = min(limits)
+        fraction = min(m / t for m, t in zip(p.limit_mib, p.gpu_total_mib) if m is not None and t)
+        env["GPUQ_GPU_MEM_MIB"] = str(mib)
+        env["GPUQ_GPU_MEM_FRACTION"] = f"{fraction:.4f}"
+        env["XLA_PYTHON_CLIENT_MEM_FRACTION"] = f"{fraction:.4f}"
+        env["PYTORCH_ALLOC_CONF"] = f"per_process_memory_fraction:{fraction:.4f}"
+    env["GPUQ_JOB_ID"] = str(job.id)
+    env["GPUQ_CHECKPOINT_DIR"] = checkpoint_dir
+    env["GPUQ_PROGRESS_FILE"] = progress_file
+    env["GPUQ_REQUEUE_EXIT_CODE"] = str(REQUEUE_EXIT_CODE)
+    env["GPUQ_RESTART_COUNT"] = str(job.requeues)
+    if simulated_gpu_dir is not None:
+        env["GPUQ_SIMULATED_GPU_DIR"] = simulated_gpu_dir
+    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+    return env
+
+
+def describe_env(env: Mapping[str, str]) -> str:
+    keys = sorted(k for k in env if k.startswith(("CUDA_", "GPUQ_", "TF_", "XLA_", "PYTORCH_")))
+    return " ".join(f"{k}={env[k]}" for k in keys)
