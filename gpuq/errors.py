@@ -57,3 +57,17 @@ class NoGpuInventory(GpuqError):
 
 class ConfigError(GpuqError):
     """The configuration file or environment is invalid."""
+
+
+class SubmitLimitExceeded(PermissionDenied):
+    """A user already has the most pending jobs the scheduler allows."""
+
+    http_status = 429
+
+
+class MemoryConfigTooLate(GpuqError):
+    """GPU memory settings were applied after TensorFlow had already initialised its devices."""
+
+
+class CheckpointError(GpuqError):
+    """A checkpoint could not be written, or does not match the model that tries to restore it."""

@@ -1,0 +1,194 @@
+"""Checkpoint, resume, preemption and progress for a custom TensorFlow training loop.
+
+    run = TrainingRun(total_steps=3000, model=model, optimizer=optimizer, seed=0)
+    for step in run.steps():          # starts at the restored step
+        x, y = batches.batch(step)    # the data position is the step number
+        run.report_loss(train_step(x, y))
+    run.finish()
+
+What one checkpoint (``tf.train.Checkpoint`` under ``tf.train.CheckpointManager``) holds:
+
+* ``step``: the number of finished steps, which is also the position in the data;
+* ``model``: its weights, and ``model_state``: its non-trainable variables, which include the
+  state of every Keras ``SeedGenerator`` (dropout and other random layers);
+* ``optimizer``: its slots, its ``iterations`` counter (so a learning-rate schedule continues
+  where it stopped) and, with ``use_ema=True``, the moving averages of the weights;
+* ``rng``: a ``tf.random.Generator`` for the script's own randomness (``run.rng``);
+* anything passed as ``extra``.
+
+SIGTERM (gpuq's cancel, requeue, preemption, time limit, shutdown) only sets a flag.  The loop
+finishes the step in progress, saves, and exits with ``GPUQ_REQUEUE_EXIT_CODE`` (75).
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from typing import Any, Iterator, Mapping, TextIO
+
+import tensorflow as tf
+
+from gpuq.errors import CheckpointError, InvalidInput
+from gpuq.jobs.tf.env import (checkpoint_dir_from_env, progress_file_from_env, requeue_exit_code_from_env,
+                              restart_count_from_env)
+from gpuq.jobs.tf.memory import applied_plan
+from gpuq.jobs.tf.progress import ProgressReporter
+
+
+class TrainingRun:
+    """One training run that survives interruption; see the module docstring."""
+
+    def __init__(self, *, total_steps: int, model: Any = None, optimizer: Any = None,
+                 checkpoint_dir: str | None = None, seed: int = 0,
+                 save_every_steps: int | None = 500, save_every_s: float | None = 300.0,
+                 max_to_keep: int = 2, steps_per_epoch: int | None = None,
+                 extra: Mapping[str, Any] | None = None, log: TextIO | None = None,
+                 handle_sigterm: bool = True) -> None:
+        if total_steps < 0:
+            raise InvalidInput(f"total_steps {total_steps} is negative.")
+        self.total_steps = total_steps
+        self.steps_per_epoch = steps_per_epoch
+        self.save_every_steps = save_every_steps
+        self.save_every_s = save_every_s
+        self.directory = checkpoint_dir_from_env(checkpoint_dir)
+        self.exit_code = requeue_exit_code_from_env()
+        self.restart_count = restart_count_from_env()
+        self._log = log if log is not None else sys.stdout
+        self._stop_signal: int | None = None
+        self._previous_handler: Any = None
+        if handle_sigterm:
+            self._previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
+        self._warn_if_memory_not_configured()
+
+        self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="gpuq_step")
+        self.rng = tf.random.Generator.from_seed(seed)
+        objects: dict[str, Any] = {"step": self.step, "rng": self.rng}
+        if model is not None:
+            if not model.built:
+                raise InvalidInput("build the model before TrainingRun (call it on a batch, or give "
+                                   "keras.Input as its first layer) so its weights exist to restore.")
+            objects["model"] = model
+            objects["model_state"] = list(model.non_trainable_variables)
+        if optimizer is not None:
+            if not optimizer.built:
+                if model is None:
+                    raise InvalidInput("give the model too, or build the optimizer first, so its "
+                                       "slots exist to restore.")
+                optimizer.build(model.trainable_variables)
+            objects["optimizer"] = optimizer
+        for name, obj in (extra or {}).items():
+            if name in objects:
+                raise InvalidInput(f"extra checkpoint entry {name!r} clashes with the runtime's own.")
+            objects[name] = obj
+        self.checkpoint = tf.train.Checkpoint(**objects)
+        self.manager = tf.train.CheckpointManager(self.checkpoint, self.directory, max_to_keep=max_to_keep)
+        self.start_step = self._restore()
+        self._last_saved_step = self.start_step if self.manager.latest_checkpoint else -1
+        self._last_save_s = time.monotonic()
+        self._loss: Any = None
+        self.progress = ProgressReporter(progress_file_from_env(), total_steps, start_step=self.start_step)
+
+    # ---- public ------------------------------------------------------------------------------
+
+    @property
+    def resumed(self) -> bool:
+        return self.start_step > 0
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop_signal is not None
+
+    def steps(self) -> Iterator[int]:
+        """Yield the step numbers still to train, checkpointing as it goes."""
+        k = int(self.step.numpy())
+        while k < self.total_steps:
+            if self.stop_requested:
+                self._save_and_exit(k)
+            yield k
+            k += 1
+            self.step.assign(k)
+            self._report(k)
+            if self.stop_requested:
+                self._save_and_exit(k)
+            if self._save_due(k):
+                self.save()
+
+    def report_loss(self, loss: Any) -> None:
+        """Remember the latest loss (a tensor is fine: it is read only when progress is written)."""
+        self._loss = loss
+
+    def save(self) -> str | None:
+        """Write a checkpoint for the current step (no-op if this step is already saved)."""
+        k = int(self.step.numpy())
+        if k == self._last_saved_step:
+            return self.manager.latest_checkpoint
+        try:
+            path = self.manager.save(checkpoint_number=k)
+        except (OSError, tf.errors.OpError) as e:
+            raise CheckpointError(f"could not write a checkpoint into {self.directory}: {e}; "
+                                  "check that the directory is writable and the disk is not full.") from e
+        self._last_saved_step = k
+        self._last_save_s = time.monotonic()
+        return path
+
+    def finish(self) -> None:
+        """Save the final state (so a rerun knows it is done), report 100 %, restore SIGTERM."""
+        self.save()
+        self._report(int(self.step.numpy()), force=True)
+        self.close()
+
+    def close(self) -> None:
+        if self._previous_handler is not None:
+            signal.signal(signal.SIGTERM, self._previous_handler)
+            self._previous_handler = None
+
+    # ---- internals ---------------------------------------------------------------------------
+
+    def _on_sigterm(self, signum: int, frame: Any) -> None:
+        self._stop_signal = signum
+
+    def _print(self, text: str) -> None:
+        print(f"gpuq: {text}", file=self._log, flush=True)
+
+    def _warn_if_memory_not_configured(self) -> None:
+        if applied_plan() is None and tf.config.list_physical_devices("GPU"):
+            self._print("warning: GPU memory share not applied; call gpuq.jobs.tf.configure_gpu_memory() "
+                        "at the top of the script.")
+
+    def _restore(self) -> int:
+        latest = self.manager.latest_checkpoint
+        if latest is None:
+            self._print(f"no checkpoint in {self.directory}: starting at step 0")
+            return 0
+        try:
+            self.checkpoint.restore(latest).assert_existing_objects_matched()
+        except (AssertionError, ValueError, tf.errors.OpError) as e:
+            raise CheckpointError(f"checkpoint {latest} does not match this model ({e}); "
+                                  "use another --checkpoint-dir or delete the old checkpoints.") from e
+        k = int(self.step.numpy())
+        self._print(f"resumed at step {k} of {self.total_steps} from {latest} "
+                    f"(restart {self.restart_count})")
+        return k
+
+    def _save_due(self, k: int) -> bool:
+        if self.save_every_steps and k % self.save_every_steps == 0:
+            return True
+        return bool(self.save_every_s) and time.monotonic() - self._last_save_s >= self.save_every_s
+
+    def _report(self, k: int, force: bool = False) -> None:
+        epoch = k // self.steps_per_epoch if self.steps_per_epoch else None
+        loss = self._loss
+        if loss is not None and (force or self.progress.due()):
+            loss = float(loss)
+        else:
+            loss = None
+        self.progress.report(k, loss=loss, epoch=epoch, force=force)
+
+    def _save_and_exit(self, k: int) -> None:
+        path = self.save()
+        self._report(k, force=True)
+        self._print(f"SIGTERM: checkpoint at step {k} saved to {path}; exiting with {self.exit_code} "
+                    "so gpuq requeues the job")
+        self.close()
+        sys.exit(self.exit_code)
