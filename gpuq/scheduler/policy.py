@@ -1,25 +1,36 @@
 """The scheduling policy: a pure function from a snapshot of the world to decisions.
 
 ``plan(pending, running, nodes, usage, config, now)`` touches no Redis, no NVML and
-no clock.  The daemon, the tests and the trace simulator all call it.
+no clock.  The daemon, the tests and the trace simulator (``gpuq sim``) all call it.
+
+One cycle: order the pending jobs (:mod:`ordering`, with :mod:`fairshare`), start each that
+is eligible and fits (:mod:`placement`, best fit), hold GPUs for the first one that does not
+fit and let later jobs backfill around it (:mod:`backfill`), then propose preemptions
+(:mod:`preemption`).  Every pending or held job that does not start gets a reason.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
-from gpuq.gpus import GpuInfo, NodeSnapshot
-from gpuq.jobs.model import Job, JobState, Placement, Resources
-from gpuq.units import format_mib
+from gpuq.gpus import NodeSnapshot
+from gpuq.jobs.model import Job, JobState, Placement
+from gpuq.scheduler.backfill import hold_for_head
+from gpuq.scheduler.config import PolicyConfig, UserLimits, check_submit_limits
+from gpuq.scheduler.fairshare import ShareState, ongoing_usage, share_states, usage_values
+from gpuq.scheduler.ordering import PendingIndex, remaining_s
+from gpuq.scheduler.placement import Cluster, make_placement, never_fits, shape_of
+from gpuq.scheduler.preemption import plan_preemptions
+from gpuq.units import format_duration
 
+__all__ = ["PolicyConfig", "UserLimits", "Start", "Preempt", "Plan", "plan", "PendingIndex",
+           "check_submit_limits", "dependency_reason", "fairshare_states"]
 
-@dataclass(frozen=True)
-class PolicyConfig:
-    policy: str = "default"
-    #: A GPU counts as idle (free for a whole-GPU job) while NVML sees at most this much in use:
-    #: NVML's "used" includes memory the driver reserves on an idle GPU.
-    idle_mem_mib: int = 1024
+INF = math.inf
+#: with preemption on, the first this many waiting jobs are considered for preemption
+PREEMPT_CANDIDATES = 8
 
 
 @dataclass(frozen=True)
@@ -41,124 +52,6 @@ class Plan:
     reasons: Mapping[int, str] = field(default_factory=dict)
 
 
-# ---- the free-memory model -------------------------------------------------------------------
-
-
-@dataclass
-class GpuSlot:
-    """Mutable per-cycle view of one GPU: what is reserved, what NVML sees, who holds it."""
-
-    node: str
-    gpu: GpuInfo
-    reserved_mib: int = 0
-    holders: int = 0  # gpuq jobs placed on it
-
-    @property
-    def free_mib(self) -> int:
-        """Free = total - max(memory reserved by gpuq's jobs, memory NVML sees in use)."""
-        return self.gpu.mem_total_mib - max(self.reserved_mib, self.gpu.mem_used_mib)
-
-    def fits(self, res: Resources, idle_mem_mib: int) -> bool:
-        if res.whole_gpus:
-            return self.holders == 0 and self.reserved_mib == 0 and self.gpu.mem_used_mib <= idle_mem_mib
-        return self.free_mib >= res.request_mib(self.gpu.mem_total_mib)
-
-
-def build_slots(nodes: Sequence[NodeSnapshot], running: Sequence[Job]) -> dict[str, list[GpuSlot]]:
-    """Per node, the GPU slots with the reservations of running jobs applied."""
-    slots: dict[str, list[GpuSlot]] = {n.node: [GpuSlot(n.node, g) for g in n.gpus] for n in nodes}
-    by_uuid = {s.gpu.uuid: s for node_slots in slots.values() for s in node_slots}
-    for job in running:
-        p = job.placement
-        if p is None:
-            continue
-        for uuid, mib in zip(p.gpu_uuids, p.reserved_mib):
-            slot = by_uuid.get(uuid)
-            if slot is not None:
-                slot.reserved_mib += mib
-                slot.holders += 1
-    return slots
-
-
-def best_fit(res: Resources, slots: Mapping[str, list[GpuSlot]], idle_mem_mib: int) -> tuple[str, list[GpuSlot]] | None:
-    """Choose N GPUs on one node that fit ``res``, leaving the least memory over (best fit)."""
-    best: tuple[int, str, list[GpuSlot]] | None = None
-    for node, node_slots in slots.items():
-        fitting = [s for s in node_slots if s.fits(res, idle_mem_mib)]
-        if len(fitting) < res.gpus:
-            continue
-        fitting.sort(key=lambda s: (s.free_mib - res.request_mib(s.gpu.mem_total_mib), s.gpu.index))
-        chosen = fitting[: res.gpus]
-        leftover = sum(s.free_mib - res.request_mib(s.gpu.mem_total_mib) for s in chosen)
-        if best is None or leftover < best[0]:
-            best = (leftover, node, chosen)
-    return None if best is None else (best[1], best[2])
-
-
-def make_placement(res: Resources, node: str, chosen: Sequence[GpuSlot]) -> Placement:
-    return Placement(
-        node=node,
-        gpu_uuids=tuple(s.gpu.uuid for s in chosen),
-        gpu_indices=tuple(s.gpu.index for s in chosen),
-        reserved_mib=tuple(res.request_mib(s.gpu.mem_total_mib) for s in chosen),
-        limit_mib=tuple(res.limit_mib(s.gpu.mem_total_mib) for s in chosen),
-        gpu_total_mib=tuple(s.gpu.mem_total_mib for s in chosen),
-    )
-
-
-def reserve(chosen: Sequence[GpuSlot], placement: Placement) -> None:
-    for s, mib in zip(chosen, placement.reserved_mib):
-        s.reserved_mib += mib
-        s.holders += 1
-
-
-def never_fits(res: Resources, nodes: Sequence[NodeSnapshot]) -> str | None:
-    """Why ``res`` could never run on any node even when all is idle, or None if it could."""
-    if res.gpus == 0:
-        return None
-    if not nodes:
-        return "no node has reported its GPUs yet"
-    best_count = 0
-    for n in nodes:
-        ok = [g for g in n.gpus if res.whole_gpus or res.request_mib(g.mem_total_mib) <= g.mem_total_mib]
-        if len(ok) >= res.gpus:
-            return None
-        best_count = max(best_count, len(ok))
-    biggest = max((g.mem_total_mib for n in nodes for g in n.gpus), default=0)
-    most = max(len(n.gpus) for n in nodes)
-    if res.gpus > most:
-        return f"it asks for {res.gpus} GPUs on one node, but the largest node has {most}"
-    return (f"it asks for {format_mib(res.mem_mib)} per GPU on {res.gpus} GPU(s), "
-            f"but the largest GPU has {format_mib(biggest)}")
-
-
-def why_not_fit(res: Resources, slots: Mapping[str, list[GpuSlot]], idle_mem_mib: int) -> str:
-    """A person-readable reason why ``res`` does not fit right now."""
-    all_slots = [s for node_slots in slots.values() for s in node_slots]
-    if not all_slots:
-        return "no node with GPUs is up"
-    if res.whole_gpus:
-        per_node = {node: sum(1 for s in ss if s.fits(res, idle_mem_mib)) for node, ss in slots.items()}
-        most = max(per_node.values())
-        what = f"{res.gpus} whole GPU" + ("s" if res.gpus != 1 else "")
-        return f"needs {what} on one node; at most {most} free"
-    top = max(all_slots, key=lambda s: s.free_mib)
-    need = res.mem_mib if res.mem_mib is not None else res.request_mib(top.gpu.mem_total_mib)
-    if res.gpus == 1:
-        return (f"needs {format_mib(need)} on one GPU; most free is {format_mib(max(top.free_mib, 0))} "
-                f"(GPU {top.gpu.index}{'' if len(slots) == 1 else ' on ' + top.node})")
-    per_node = {node: sum(1 for s in ss if s.fits(res, idle_mem_mib)) for node, ss in slots.items()}
-    return (f"needs {format_mib(need)} on each of {res.gpus} GPUs on one node; "
-            f"at most {max(per_node.values())} have that free")
-
-
-# ---- ordering and the plan -------------------------------------------------------------------
-
-
-def order_key(job: Job) -> tuple:
-    return (-job.spec.priority, job.submitted_at, job.id)
-
-
 def dependency_reason(job: Job, finished: Mapping[int, JobState]) -> str | None:
     """None when every ``--after`` job completed; else why the job waits."""
     for dep in job.spec.after:
@@ -171,46 +64,207 @@ def dependency_reason(job: Job, finished: Mapping[int, JobState]) -> str | None:
     return None
 
 
+def fairshare_states(pending: Sequence[Job] | PendingIndex, running: Sequence[Job],
+                     usage: Mapping[str, Any], config: PolicyConfig, now: float) -> dict[str, ShareState]:
+    """Each active user's share, decayed usage (runs in progress included) and factor."""
+    values = usage_values(usage, now, config.half_life_s)
+    for user, gpu_s in ongoing_usage(running, now, config.half_life_s).items():
+        values[user] = values.get(user, 0.0) + gpu_s
+    active: dict[str, tuple[int, ...]] = {}
+    for j in list(pending) + list(running):
+        active.setdefault(j.owner.user, j.owner.groups)
+    return share_states(active, values, config.share_for)
+
+
+_AHEAD = {
+    "fifo": ("earlier job", "earlier jobs"),
+    "sjf": ("shorter job", "shorter jobs"),
+    "srtf": ("job with less time left", "jobs with less time left"),
+    "las": ("job that has had less GPU time", "jobs that have had less GPU time"),
+    "default": ("job of a user with less usage (or an older job)", "jobs of users with less usage (or older jobs)"),
+    "fairshare": ("job of a user with less usage (or an older job)", "jobs of users with less usage (or older jobs)"),
+}
+
+
 def plan(
-    pending: Sequence[Job],
+    pending: Sequence[Job] | PendingIndex,
     running: Sequence[Job],
     nodes: Sequence[NodeSnapshot],
-    usage: Mapping[str, float],
+    usage: Mapping[str, Any],
     config: PolicyConfig,
     now: float,
     finished: Mapping[int, JobState] | None = None,
+    *,
+    explain: bool = True,
 ) -> Plan:
-    """Decide which pending jobs start where, and why the others wait.
+    """Decide which pending jobs start where, which running jobs to preempt, and why others wait.
 
-    ``finished`` maps job ids to their terminal states (for ``--after``); ``usage`` is each
-    user's decayed GPU-seconds as of ``now``.
+    ``pending`` holds pending and held jobs (a list, or a :class:`PendingIndex` kept by the
+    caller); ``usage`` maps each user to a usage record ``{"gpu_s", "at"}`` (or to decayed
+    GPU-seconds); runs in progress are added from ``running``.  ``finished`` maps job ids to
+    their terminal states (for ``--after``).  With ``explain=False`` (the simulator) no reasons
+    are written and the scan stops as soon as nothing more could start.
     """
     finished = finished or {}
-    slots = build_slots(nodes, running)
+    index = pending if isinstance(pending, PendingIndex) and pending.matches(config) else PendingIndex(config, pending)
+    cluster = Cluster(nodes, running, config.idle_mem_mib, now,
+                      end_of=lambda j: max(now, now + remaining_s(j, now)))
+    states: dict[str, ShareState] = {}
+    score_of_user = None
+    if config.uses_fairshare:
+        states = fairshare_states(index, running, usage, config, now)
+        score_of_user = {u: config.weight_fairshare * s.factor for u, s in states.items()}
+    user_gpus: dict[str, int] = {}
+    for j in running:
+        user_gpus[j.owner.user] = user_gpus.get(j.owner.user, 0) + j.spec.resources.gpus
+    limits_cache: dict[str, UserLimits] = {}
+
     starts: list[Start] = []
     reasons: dict[int, str] = {}
-    for job in sorted(pending, key=order_key):
+    blocked: list[Job] = []
+    head: Job | None = None
+    shadow: float | None = None
+    backfill = config.backfill_on
+    failed: dict[tuple, str] = {}  # (shape, may use held GPUs) -> why it did not fit
+    never: dict[tuple, str | None] = {}
+    waiting_ahead = 0
+    want_preempt = config.preemption_on
+    present_shapes = None if explain else _shapes(index)
+    phrase = _AHEAD[config.policy]
+
+    for job, _score in index.ordered(score_of_user, config, now):
+        if not explain and not (want_preempt and len(blocked) < PREEMPT_CANDIDATES):
+            if (head is not None and not backfill) or not cluster.could_fit_anything() or \
+                    _all_failed(present_shapes, failed, never, shadow):
+                break
         if job.state is JobState.HELD:
             reasons[job.id] = "held"
             continue
-        dep = dependency_reason(job, finished)
-        if dep is not None:
-            reasons[job.id] = dep
-            continue
+        if job.spec.after:
+            dep = dependency_reason(job, finished)
+            if dep is not None:
+                reasons[job.id] = dep
+                continue
         res = job.spec.resources
+        shape = shape_of(res)
+        if shape not in never:
+            never[shape] = never_fits(res, nodes)
+        if never[shape] is not None:
+            reasons[job.id] = f"cannot run here: {never[shape]}"
+            continue
+        user = job.owner.user
+        lim = limits_cache.get(user)
+        if lim is None:
+            lim = limits_cache[user] = config.limits_for(user)
+        used = user_gpus.get(user, 0)
+        if lim.max_gpus is not None and used + res.gpus > lim.max_gpus:
+            reasons[job.id] = f"user limit: you have {used}/{lim.max_gpus} GPUs in use"
+            continue
+        if head is not None and not backfill:
+            blocked.append(job)
+            if explain:
+                reasons[job.id] = f"priority: {_n_ahead(waiting_ahead, phrase)}; job {head.id} goes first"
+            waiting_ahead += 1
+            continue
         if res.gpus == 0:
-            node = min(slots) if slots else (nodes[0].node if nodes else None)
+            node = next(iter(cluster.nodes), None) or (nodes[0].node if nodes else None)
             if node is None:
                 reasons[job.id] = "no node is up"
                 continue
             starts.append(Start(job.id, Placement(node=node)))
             continue
-        choice = best_fit(res, slots, config.idle_mem_mib)
-        if choice is None:
-            reasons[job.id] = why_not_fit(res, slots, config.idle_mem_mib)
+        tl = job.spec.time_limit_s
+        end_at = now + max(remaining_s(job), 0.0) if tl is not None else INF
+        may_use_held = shadow is not None and end_at <= shadow < INF
+        fkey = (shape, may_use_held)
+        why = failed.get(fkey)
+        if why is None and (shape, True) in failed:
+            why = failed[(shape, True)]
+        if why is None:
+            choice = cluster.fit(res, end_at, config.packing)
+            if choice is not None:
+                node, chosen = choice
+                placement = make_placement(res, node, chosen)
+                cluster.reserve(placement, end_at)
+                starts.append(Start(job.id, placement))
+                user_gpus[user] = used + res.gpus
+                continue
+            why = failed[fkey] = cluster.why_not(res) if explain else "-"
+        blocked.append(job)
+        if head is None:
+            head = job
+            if backfill:
+                held = hold_for_head(cluster, res, now)
+                if held is not None:
+                    shadow = held[1]
+            if explain:
+                reasons[job.id] = why + (_expected(shadow, now) if shadow is not None else "")
+        elif explain:
+            ahead = f"; {_n_ahead(waiting_ahead, phrase)}" if waiting_ahead else ""
+            if cluster.fit(res, INF, config.packing) is None and _fits_ignoring_hold(cluster, res):
+                reasons[job.id] = (f"priority: {_n_ahead(waiting_ahead, phrase)}; the free GPUs are held "
+                                   f"for job {head.id}" + _expected(shadow, now))
+            else:
+                reasons[job.id] = why + ahead
+        waiting_ahead += 1
+
+    if explain:
+        started = {s.job_id for s in starts}
+        for job in index:
+            if job.id not in reasons and job.id not in started:
+                reasons[job.id] = "waiting for the next scheduling cycle"
+    preempts = plan_preemptions(blocked, running, cluster, states or _states_for_preempt(
+        index, running, usage, config, now), config, now) if want_preempt and blocked else []
+    return Plan(starts=tuple(starts), preempts=tuple(Preempt(i, r) for i, r in preempts), reasons=reasons)
+
+
+def _states_for_preempt(index, running, usage, config, now) -> dict[str, ShareState]:
+    if config.policy in ("las", "srtf"):
+        return {}
+    return fairshare_states(index, running, usage, config, now)
+
+
+def _n_ahead(n: int, phrase: tuple[str, str]) -> str:
+    if n == 1:
+        return f"1 {phrase[0]} is ahead"
+    return f"{n} {phrase[1]} are ahead"
+
+
+def _expected(shadow: float | None, now: float) -> str:
+    if shadow is None or shadow == INF:
+        return ""
+    return f" (expected to start in {format_duration(shadow - now)})"
+
+
+def _fits_ignoring_hold(cluster: Cluster, res) -> bool:
+    held = [s for ss in cluster.nodes.values() for s in ss if s.shadow_until is not None]
+    saved = [s.shadow_until for s in held]
+    for s in held:
+        s.shadow_until = None
+    try:
+        return cluster.fit(res) is not None
+    finally:
+        for s, v in zip(held, saved):
+            s.shadow_until = v
+
+
+def _shapes(index: PendingIndex) -> set[tuple]:
+    counts = getattr(index, "shape_counts", None)
+    if counts is not None:
+        return {s for s, n in counts.items() if n > 0}
+    return {shape_of(j.spec.resources) for j in index}
+
+
+def _all_failed(shapes: set[tuple] | None, failed: Mapping[tuple, str], never: Mapping[tuple, str | None],
+                shadow: float | None) -> bool:
+    """True when every kind of request still waiting has already failed to fit this cycle."""
+    if not shapes or not failed:
+        return False
+    held_usable = shadow is not None and shadow < INF
+    for s in shapes:
+        if (s, True) in failed or never.get(s):
             continue
-        node, chosen = choice
-        placement = make_placement(res, node, chosen)
-        reserve(chosen, placement)
-        starts.append(Start(job.id, placement))
-    return Plan(starts=tuple(starts), reasons=reasons)
+        if (s, False) in failed and not held_usable:
+            continue
+        return False
+    return True

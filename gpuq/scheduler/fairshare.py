@@ -1,0 +1,127 @@
+"""Fair share: decayed GPU-second usage per user and the priority it gives (pure).
+
+A usage record is a small JSON-able dict ``{"gpu_s": float, "at": float}``: the user's
+decayed usage in GPU-seconds as of time ``at``.  It halves every ``half_life_s``.
+
+The fair-share factor of a user is ``2 ** -(usage_norm / share_norm)`` (as in Slurm's
+classic algorithm): 1.0 for a user with no usage, 0.5 for a user who used exactly their
+share, and towards 0 for heavy users.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
+
+from gpuq.jobs.model import Job
+
+LN2 = math.log(2.0)
+UsageRecord = Mapping[str, float]
+
+
+def _decay(seconds: float, half_life_s: float) -> float:
+    if seconds <= 0:
+        return 1.0
+    return 2.0 ** (-seconds / half_life_s)
+
+
+def decayed_usage(record: UsageRecord | None, now: float, half_life_s: float) -> float:
+    """The user's usage in GPU-seconds as of ``now`` (0.0 for no record)."""
+    if not record:
+        return 0.0
+    return float(record.get("gpu_s", 0.0)) * _decay(now - float(record.get("at", now)), half_life_s)
+
+
+def add_usage(record: UsageRecord | None, gpu_s: float, now: float, half_life_s: float) -> dict[str, float]:
+    """A new record: the old usage decayed to ``now`` plus ``gpu_s`` used just now."""
+    return {"gpu_s": decayed_usage(record, now, half_life_s) + max(0.0, float(gpu_s)), "at": float(now)}
+
+
+def run_usage_gpu_s(gpus: float, started_at: float, now: float, half_life_s: float) -> float:
+    """Decayed GPU-seconds as of ``now`` of a run on ``gpus`` GPUs since ``started_at``
+    (the integral of the decay over the run)."""
+    span = now - started_at
+    if span <= 0 or gpus <= 0:
+        return 0.0
+    return gpus * half_life_s / LN2 * (1.0 - _decay(span, half_life_s))
+
+
+def add_run_usage(record: UsageRecord | None, gpus: float, started_at: float, ended_at: float,
+                  half_life_s: float) -> dict[str, float]:
+    """Record a finished (or requeued) run; consistent with what plan() counted while it ran."""
+    return add_usage(record, run_usage_gpu_s(gpus, started_at, ended_at, half_life_s), ended_at, half_life_s)
+
+
+def job_gpu_equiv(job: Job) -> float:
+    """GPUs a job occupies for usage: whole GPUs count 1, shared ones their memory share."""
+    p = job.placement
+    res = job.spec.resources
+    if p is None or not p.gpu_uuids:
+        return float(res.gpus)
+    if res.whole_gpus:
+        return float(len(p.gpu_uuids))
+    return sum(min(1.0, r / t) if t else 1.0 for r, t in zip(p.reserved_mib, p.gpu_total_mib))
+
+
+def ongoing_usage(running: Iterable[Job], now: float, half_life_s: float) -> dict[str, float]:
+    """Decayed GPU-seconds of the runs now in progress, per user (not yet in the records)."""
+    out: dict[str, float] = {}
+    for job in running:
+        since = job.started_at if job.started_at is not None else job.placed_at
+        if since is None:
+            continue
+        u = run_usage_gpu_s(job_gpu_equiv(job), since, now, half_life_s)
+        if u:
+            out[job.owner.user] = out.get(job.owner.user, 0.0) + u
+    return out
+
+
+@dataclass(frozen=True)
+class ShareState:
+    """One user's standing at one moment."""
+
+    user: str
+    share: float
+    share_norm: float
+    usage_gpu_s: float
+    usage_norm: float
+    factor: float
+
+    @property
+    def over_share(self) -> float:
+        """usage_norm / share_norm: above 1 means more than their share."""
+        return self.usage_norm / self.share_norm if self.share_norm > 0 else math.inf
+
+
+def usage_values(usage: Mapping[str, Any], now: float, half_life_s: float) -> dict[str, float]:
+    """Accept records (dicts) or already-decayed floats; return decayed GPU-seconds per user."""
+    out: dict[str, float] = {}
+    for user, v in usage.items():
+        if isinstance(v, Mapping):
+            out[user] = decayed_usage(v, now, half_life_s)
+        else:
+            out[user] = float(v or 0.0)
+    return out
+
+
+def share_states(
+    active: Mapping[str, tuple[int, ...]],
+    usage_gpu_s: Mapping[str, float],
+    shares_for,
+) -> dict[str, ShareState]:
+    """Fair-share standing of each active user (``active`` maps user -> groups).
+
+    ``usage_gpu_s`` holds everyone's decayed usage including runs in progress;
+    ``shares_for(user, groups)`` gives the configured share.
+    """
+    total_usage = sum(v for v in usage_gpu_s.values() if v > 0)
+    shares = {u: shares_for(u, g) for u, g in active.items()}
+    total_share = sum(shares.values()) or 1.0
+    out: dict[str, ShareState] = {}
+    for u, s in shares.items():
+        used = max(0.0, usage_gpu_s.get(u, 0.0))
+        un = used / total_usage if total_usage > 0 else 0.0
+        sn = s / total_share
+        out[u] = ShareState(u, s, sn, used, un, 2.0 ** (-un / sn))
+    return out

@@ -1,0 +1,119 @@
+"""The scheduler loop run by the leader daemon: load -> plan -> apply -> publish -> wait."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from rq import Queue
+from rq.serializers import JSONSerializer
+
+from gpuq import keys
+from gpuq.config import DaemonConfig
+from gpuq.errors import GpuqError, StoreUnavailable
+from gpuq.gpus import NodeSnapshot
+from gpuq.jobs.model import Job, JobState, StopKind, StopRequest
+from gpuq.scheduler import usage as usage_mod
+from gpuq.scheduler.policy import Plan, plan
+from gpuq.store import Store
+
+log = logging.getLogger("gpuq.scheduler")
+
+RQ_RESULT_TTL_S = 3600
+
+
+@dataclass(frozen=True)
+class World:
+    pending: list[Job]
+    running: list[Job]
+    nodes: list[NodeSnapshot]
+    usage: dict[str, float]
+    finished: dict[int, JobState]
+
+
+def enqueue_placement(store: Store, job: Job, pipe) -> None:
+    """Put the placement on its node's RQ queue, inside the caller's transaction.
+    The payload is only the job id; no timeout (gpuq enforces --time-limit itself)."""
+    assert job.placement is not None
+    queue = Queue(keys.rq_queue_name(job.placement.node), connection=store.r, serializer=JSONSerializer)
+    queue.enqueue_call(
+        "gpuq.workers.launcher.run_job", args=(job.id,), timeout=-1, result_ttl=RQ_RESULT_TTL_S,
+        failure_ttl=7 * 86400, job_id=f"gpuq-job-{job.id}-run-{job.requeues + 1}",
+        description=f"gpuq job {job.id}", pipeline=pipe,
+    )
+
+
+class SchedulerLoop:
+    def __init__(self, store: Store, cfg: DaemonConfig, clock: Callable[[], float] = time.time):
+        self.store = store
+        self.cfg = cfg
+        self.clock = clock
+        self.half_life_s = float(getattr(cfg.policy, "half_life_s", usage_mod.DEFAULT_HALF_LIFE_S))
+
+    def load(self, now: float) -> World:
+        jobs = self.store.active_jobs()
+        pending = [j for j in jobs if j.state in (JobState.PENDING, JobState.HELD)]
+        running = [j for j in jobs if j.state is JobState.RUNNING]
+        deps = {d for j in pending for d in j.spec.after}
+        finished = self.store.states_of(sorted(deps)) if deps else {}
+        records = self.store.usage_records()
+        usage = {u: usage_mod.decayed(rec, now, self.half_life_s) for u, rec in records.items()}
+        live = [n for n in self.store.nodes() if now - n.probed_at <= self.cfg.node_ttl_s]
+        return World(pending, running, live, usage, finished)
+
+    def decide(self, world: World, now: float) -> Plan:
+        return plan(world.pending, world.running, world.nodes, world.usage, self.cfg.policy, now,
+                    finished=world.finished)
+
+    def apply(self, decisions: Plan, now: float) -> None:
+        for start in decisions.starts:
+            p = start.placement
+
+            def change(j: Job, p=p) -> Job | None:
+                if j.state is not JobState.PENDING:
+                    return None  # held, cancelled or started meanwhile: the next cycle decides again
+                return j.transition(JobState.RUNNING, placement=p, placed_at=now)
+
+            gpus = ",".join(str(i) for i in p.gpu_indices) or "none"
+            self.store.update(start.job_id, change, now, event=f"placed on {p.node} GPUs {gpus}",
+                              also=lambda pipe, job: enqueue_placement(self.store, job, pipe))
+        for pre in decisions.preempts:
+            def stop(j: Job) -> Job | None:
+                if j.state is not JobState.RUNNING or j.stop_request is not None or j.started_at is None:
+                    return None
+                return j.with_changes(stop_request=StopRequest(StopKind.PREEMPT, now, "scheduler"))
+
+            self.store.update(pre.job_id, stop, now, event=f"preempted: {pre.reason}")
+
+    def publish(self, decisions: Plan) -> None:
+        self.store.set_reasons(decisions.reasons)
+        self.store.r.set(keys.CONFIG, json.dumps({"half_life_s": self.half_life_s, "policy": self.cfg.policy.policy}))
+
+    def cycle(self) -> Plan:
+        now = self.clock()
+        world = self.load(now)
+        decisions = self.decide(world, now)
+        self.apply(decisions, now)
+        self.publish(decisions)
+        return decisions
+
+    def run(self, stop: threading.Event) -> None:
+        ttl_s = max(5.0, self.cfg.cycle_s * 5)
+        while not stop.is_set():
+            try:
+                if self.store.hold_leadership(self.cfg.node, ttl_s):
+                    self.cycle()
+                self.store.wait_wake(self.cfg.cycle_s)
+            except StoreUnavailable as e:
+                log.error("%s (retrying)", e)
+                stop.wait(1.0)
+            except GpuqError as e:
+                log.error("scheduling cycle failed: %s", e)
+                stop.wait(self.cfg.cycle_s)
+            except Exception:  # keep scheduling; the log keeps the evidence
+                log.exception("scheduling cycle crashed")
+                stop.wait(self.cfg.cycle_s)

@@ -1,0 +1,129 @@
+"""Which running jobs to preempt, and for whom (pure).
+
+Only checkpointable jobs that have run at least ``min_run_s`` (the guard against thrashing),
+with no stop already requested, are ever proposed; the worker sends SIGTERM, waits the grace
+and requeues them.  Two triggers:
+
+- fair share (default, fairshare, fifo with preemption on): a job of a user *under* their
+  share waited longer than ``preempt_wait_s`` and does not fit; gpuq frees room on one node
+  by preempting jobs of *over-share* users, the most over-share user first.
+- las / srtf: a waiting job in a better queue (less attained service; shorter remaining time)
+  than a running one takes its place, the worst-ranked running job first.
+
+Jobs already asked to stop for preemption count as leaving, so a job is never preempted twice
+for the same waiting job.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping, Sequence
+
+from gpuq.jobs.model import Job, StopKind
+from gpuq.scheduler.config import PolicyConfig
+from gpuq.scheduler.fairshare import ShareState
+from gpuq.scheduler.ordering import running_key, static_key_fn
+from gpuq.scheduler.placement import Cluster
+
+INF = math.inf
+
+
+def _ran_s(job: Job, now: float) -> float:
+    since = job.started_at if job.started_at is not None else job.placed_at
+    return now - since if since is not None else 0.0
+
+
+def preemptable(job: Job, config: PolicyConfig, now: float) -> bool:
+    return (job.spec.checkpointable and job.stop_request is None and job.placement is not None
+            and _ran_s(job, now) >= config.min_run_s)
+
+
+def plan_preemptions(
+    blocked: Sequence[Job],
+    running: Sequence[Job],
+    cluster: Cluster,
+    states: Mapping[str, ShareState],
+    config: PolicyConfig,
+    now: float,
+) -> list[tuple[int, str]]:
+    """(job id, reason) of running jobs to preempt so that waiting ``blocked`` jobs can start."""
+    if not config.preemption_on or not blocked or config.max_preempts_per_cycle == 0:
+        return []
+    # jobs already stopping for preemption free their GPUs soon: count them as gone
+    for j in running:
+        if j.stop_request is not None and j.stop_request.kind is StopKind.PREEMPT and j.placement:
+            cluster.release(j.placement)
+    pool = [j for j in running if preemptable(j, config, now)]
+    if not pool:
+        return []
+    rank_policy = config.policy in ("las", "srtf")
+    skey = static_key_fn(config)
+    rkeys = {j.id: running_key(j, config, now) for j in pool} if rank_policy else {}
+    out: list[tuple[int, str]] = []
+    taken: set[int] = set()
+    for waiting in blocked:
+        if len(out) >= config.max_preempts_per_cycle:
+            break
+        res = waiting.spec.resources
+        if res.gpus == 0:
+            continue
+        if rank_policy:
+            wkey = skey(waiting)[:2]
+            victims = [j for j in pool if j.id not in taken and rkeys[j.id] > wkey]
+            # worst first: lowest tier, most attained / longest remaining, then latest started
+            victims.sort(key=lambda j: (rkeys[j.id], j.started_at or 0.0), reverse=True)
+            why = ("las: job {w} has had less GPU time" if config.policy == "las"
+                   else "srtf: job {w} has less time left")
+        else:
+            st = states.get(waiting.owner.user)
+            if st is None or st.over_share >= 1.0 or now - waiting.submitted_at < config.preempt_wait_s:
+                continue
+            over = {u for u, s in states.items() if s.over_share > 1.0}
+            victims = [j for j in pool if j.id not in taken and j.owner.user in over
+                       and j.spec.priority <= waiting.spec.priority]
+            victims.sort(key=lambda j: (states[j.owner.user].over_share, j.started_at or 0.0), reverse=True)
+            why = ("fair share: {u} is over their share and job {w} of {wu}, who is under theirs, "
+                   "waited {m} min")
+        if not victims:
+            continue
+        chosen = _victims_on_best_node(waiting, victims, cluster)
+        if chosen is None:
+            continue
+        for v in chosen:
+            taken.add(v.id)
+            if v.placement is not None:
+                cluster.release(v.placement)
+            out.append((v.id, why.format(w=waiting.id, u=v.owner.user, wu=waiting.owner.user,
+                                         m=int((now - waiting.submitted_at) // 60))))
+        # hold the freed GPUs for the waiting job, so this cycle's what-ifs do not reuse them
+        fit = cluster.fit(res)
+        if fit is not None:
+            for s in fit[1]:
+                s.shadow_until = -INF
+    return out[: max(config.max_preempts_per_cycle, 0)]
+
+
+def _victims_on_best_node(waiting: Job, victims: Sequence[Job], cluster: Cluster) -> list[Job] | None:
+    """The fewest victims (in the given order) on one node whose removal lets ``waiting`` fit."""
+    res = waiting.spec.resources
+    by_node: dict[str, list[Job]] = {}
+    for v in victims:
+        if v.placement is not None:
+            by_node.setdefault(v.placement.node, []).append(v)
+    best: list[Job] | None = None
+    for node, vs in by_node.items():
+        released: list[Job] = []
+        ok = False
+        for v in vs:
+            if best is not None and len(released) + 1 >= len(best):
+                break
+            cluster.release(v.placement)
+            released.append(v)
+            if cluster.fit(res, only_node=node) is not None:
+                ok = True
+                break
+        for v in released:
+            cluster.reserve(v.placement)
+        if ok and (best is None or len(released) < len(best)):
+            best = list(released)
+    return best
