@@ -1,0 +1,1 @@
+"""The ``gpuq`` command: a typer app that talks only to the daemon's socket."""

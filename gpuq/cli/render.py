@@ -1,0 +1,162 @@
+"""Plain-text tables for the CLI (pure: dicts in, text out)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+from typing import Any, Sequence
+
+from gpuq.units import format_duration, format_mib
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [len(h) for h in headers]
+    for r in rows:
+        widths = [max(w, len(c)) for w, c in zip(widths, r)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
+    for r in rows:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    return "\n".join(lines)
+
+
+def bar(frac: float, width: int = 10) -> str:
+    frac = min(max(frac, 0.0), 1.0)
+    full = int(round(frac * width))
+    return "[" + "#" * full + "." * (width - full) + "]"
+
+
+def _request(job: dict[str, Any]) -> tuple[str, str]:
+    r = job["spec"].get("resources", {})
+    gpus = int(r.get("gpus", 1))
+    if gpus == 0:
+        return "0", "-"
+    if r.get("exclusive"):
+        mem = "exclusive"
+    elif r.get("mem_mib"):
+        mem = format_mib(r["mem_mib"])
+    elif r.get("fraction"):
+        mem = f"{r['fraction'] * 100:g}%"
+    else:
+        mem = "whole"
+    return str(gpus), mem
+
+
+def _progress(p: dict[str, Any] | None) -> str:
+    if not p:
+        return ""
+    parts = []
+    if p.get("epoch") is not None:
+        parts.append(f"epoch {p['epoch']}")
+    if p.get("step") is not None:
+        parts.append(f"step {p['step']}" + (f"/{p['total']}" if p.get("total") else ""))
+    if p.get("loss") is not None:
+        parts.append(f"loss {p['loss']:.4g}")
+    if p.get("eta_s") is not None:
+        parts.append(f"eta {format_duration(p['eta_s'])}")
+    return " ".join(parts)
+
+
+def job_note(job: dict[str, Any]) -> str:
+    state = job["state"]
+    if state in ("pending", "held"):
+        return job.get("reason") or ("held" if state == "held" else "waiting for the scheduler")
+    if state == "running":
+        if job.get("stop_request"):
+            return f"stopping ({job['stop_request']['kind']})"
+        if job.get("reason"):
+            return job["reason"]
+        return _progress(job.get("progress"))
+    note = job.get("end_reason", "")
+    return note
+
+
+def jobs_table(jobs: Sequence[dict[str, Any]], multi_node: bool = False) -> str:
+    rows = []
+    for j in jobs:
+        n_gpus, mem = _request(j)
+        p = j.get("placement")
+        if j["state"] == "running" and p:
+            gpus = ",".join(str(i) for i in p.get("gpu_indices", [])) or "-"
+            if multi_node:
+                gpus = f"{p['node']}:{gpus}"
+            reserved = p.get("reserved_mib") or []
+            if reserved and mem != "whole":
+                mem = format_mib(reserved[0])
+        else:
+            gpus = f"({n_gpus})" if n_gpus != "0" else "-"
+        rows.append([str(j["id"]), j.get("display_name", "")[:24], j["owner"]["user"], j["state"], gpus, mem,
+                     format_duration(j.get("elapsed_s")) if j.get("elapsed_s") is not None else "-", job_note(j)])
+    if not rows:
+        return "No jobs."
+    return table(["ID", "NAME", "USER", "STATE", "GPUS", "MEM/GPU", "ELAPSED", "REASON / PROGRESS"], rows)
+
+
+def gpus_table(nodes: Sequence[dict[str, Any]]) -> str:
+    rows = []
+    simulated = any(n.get("simulated") for n in nodes)
+    multi = len(nodes) > 1
+    for n in nodes:
+        for g in n["gpus"]:
+            total = g["mem_total_mib"] or 1
+            used = g["mem_used_mib"]
+            held = max(used, g.get("reserved_mib", 0))
+            jobs = ", ".join(f"{x['id']}({x['user']})" for x in g.get("jobs", [])) or "-"
+            outside = g.get("outside_gpuq_mib", 0)
+            outside_txt = format_mib(outside) if outside else "-"
+            idx = f"{n['node']}:{g['index']}" if multi else str(g["index"])
+            util = "-" if g.get("util_pct") is None else f"{g['util_pct']}%"
+            rows.append([idx, g["name"], f"{format_mib(used)} / {format_mib(total)}", bar(held / total),
+                         format_mib(g.get("reserved_mib", 0)), util, jobs, outside_txt])
+    if not rows:
+        return "No GPUs reported (is the daemon's node agent running?)."
+    title = "GPUs (SIMULATED inventory)" if simulated else "GPUs"
+    return title + "\n" + table(["GPU", "NAME", "USED / TOTAL", "HELD", "RESERVED", "UTIL", "JOBS", "OUTSIDE GPUQ"],
+                                rows)
+
+
+def _ts(t: float | None) -> str:
+    if t is None:
+        return "-"
+    return _dt.datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def job_detail(j: dict[str, Any]) -> str:
+    n_gpus, mem = _request(j)
+    spec = j["spec"]
+    lines = [
+        f"Job {j['id']}  {j.get('display_name', '')}",
+        f"  state:       {j['state']}" + (f" (exit code {j['exit_code']})" if j.get("exit_code") is not None else ""),
+        f"  user:        {j['owner']['user']} (uid {j['owner']['uid']})",
+        f"  command:     {' '.join(spec['argv'])}",
+        f"  cwd:         {spec['cwd']}",
+        f"  request:     {n_gpus} GPU(s), memory {mem}" + (", checkpointable" if spec.get("checkpointable") else ""),
+        f"  priority:    {spec.get('priority', 0)}",
+    ]
+    if spec.get("after"):
+        lines.append(f"  after:       {', '.join(str(a) for a in spec['after'])}")
+    if spec.get("time_limit_s"):
+        lines.append(f"  time limit:  {format_duration(spec['time_limit_s'])}")
+    lines.append(f"  submitted:   {_ts(j.get('submitted_at'))}")
+    p = j.get("placement")
+    if p:
+        lines.append(f"  placement:   node {p['node']}, GPUs {','.join(str(i) for i in p['gpu_indices']) or '-'}"
+                     f" ({', '.join(p['gpu_uuids']) or 'CPU only'})")
+        lines.append(f"  started:     {_ts(j.get('started_at'))}" + (f", pid {j['pid']}" if j.get("pid") else ""))
+    if j.get("elapsed_s") is not None:
+        lines.append(f"  elapsed:     {format_duration(j['elapsed_s'])}")
+    if j.get("progress"):
+        lines.append(f"  progress:    {_progress(j['progress'])}")
+    if j.get("ended_at"):
+        lines.append(f"  ended:       {_ts(j['ended_at'])}")
+    note = job_note(j)
+    if note:
+        label = "reason:  " if j["state"] in ("pending", "held") else "note:    "
+        lines.append(f"  {label}    {note}")
+    if j.get("requeues"):
+        lines.append(f"  requeues:    {j['requeues']}")
+    if j.get("log_path"):
+        lines.append(f"  log:         {j['log_path']}  (gpuq logs {j['id']})")
+    if j.get("events"):
+        lines.append("  events:")
+        for e in j["events"][-15:]:
+            lines.append(f"    {_ts(e['at'])}  {e['text']}")
+    return "\n".join(lines)

