@@ -1,0 +1,200 @@
+"""Shared fixtures: a real redis-server on a private socket, the real daemon and the real CLI
+as subprocesses, and real Linux users.  GPUs are SIMULATED (no GPU can exist here)."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+BIN = Path(sys.executable).parent
+GPUQ = str(BIN / "gpuq")
+TEST_USERS = ("gpuqtest-alice", "gpuqtest-bob")
+
+
+def _open_dir(prefix: str) -> Path:
+    """A temp dir every user can enter (pytest's tmp_path is private to root)."""
+    d = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    os.chmod(d, 0o755)
+    return d
+
+
+@pytest.fixture
+def open_tmp():
+    d = _open_dir("gpuq-test-")
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+# ---- Redis ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def redis_server():
+    """A private redis-server on a Unix socket (never the shared one on 6379)."""
+    exe = shutil.which("redis-server")
+    if exe is None:
+        pytest.fail("redis-server is not installed: apt-get install redis-server (the tests need a real one)")
+    d = Path(tempfile.mkdtemp(prefix="gpuq-redis-"))
+    sock = d / "redis.sock"
+    proc = subprocess.Popen([exe, "--port", "0", "--unixsocket", str(sock), "--unixsocketperm", "700", "--dir", str(d),
+                             "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while not sock.exists():
+        if time.monotonic() > deadline or proc.poll() is not None:
+            proc.kill()
+            pytest.fail("the test redis-server did not start")
+        time.sleep(0.02)
+    yield f"unix://{sock}"
+    proc.terminate()
+    proc.wait(10)
+    shutil.rmtree(d, ignore_errors=True)
+
+
+# ---- CLI -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    rc: int
+    out: str
+    err: str
+
+    def json(self) -> Any:
+        return json.loads(self.out)
+
+
+def run_cli(home: Path, *args: str, user: str | None = None, cwd: Path | None = None,
+            env: dict[str, str] | None = None, timeout: float = 60) -> Result:
+    e = {"PATH": f"{BIN}:/usr/local/bin:/usr/bin:/bin", "GPUQ_HOME": str(home), "LANG": "C.UTF-8"}
+    kwargs: dict[str, Any] = {}
+    if user is not None:
+        pw = pwd.getpwnam(user)
+        kwargs.update(user=pw.pw_uid, group=pw.pw_gid, extra_groups=[])
+        e.update(HOME=pw.pw_dir, USER=user, LOGNAME=user)
+    if env:
+        e.update(env)
+    p = subprocess.run([GPUQ, *args], capture_output=True, text=True, cwd=cwd or home.parent, env=e,
+                       timeout=timeout, **kwargs)
+    return Result(p.returncode, p.stdout, p.stderr)
+
+
+# ---- the daemon ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Daemon:
+    home: Path
+    args: list[str]
+    proc: subprocess.Popen | None = None
+    log: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.log = self.home.parent / f"daemon-{self.home.name}.log"
+
+    def start(self, timeout: float = 30) -> "Daemon":
+        env = {**os.environ, "GPUQ_HOME": str(self.home), "PYTHONUNBUFFERED": "1"}
+        env.pop("GPUQ_REDIS_URL", None)
+        env.pop("GPUQ_SIMULATE_GPUS", None)
+        self.proc = subprocess.Popen([GPUQ, "daemon", *self.args], env=env, stdout=open(self.log, "ab"),
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"gpuq daemon exited at start:\n{self.log.read_text()}")
+            r = run_cli(self.home, "status", "--json")
+            if r.rc == 0 and r.json()["nodes"]:
+                return self
+            time.sleep(0.1)
+        pytest.fail(f"gpuq daemon did not come up:\n{self.log.read_text()}")
+
+    def stop(self, timeout: float = 60) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        rc = self.proc.wait(timeout)
+        return rc
+
+    def cli(self, *args: str, **kw: Any) -> Result:
+        return run_cli(self.home, *args, **kw)
+
+    def submit(self, *args: str, **kw: Any) -> int:
+        r = self.cli("submit", "-q", *args, **kw)
+        assert r.rc == 0, r.err
+        return int(r.out.strip())
+
+    def job(self, job_id: int, **kw: Any) -> dict[str, Any]:
+        r = self.cli("status", str(job_id), "--json", **kw)
+        assert r.rc == 0, r.err
+        return r.json()
+
+    def wait_state(self, job_id: int, states: set[str] | str, timeout: float = 60) -> dict[str, Any]:
+        want = {states} if isinstance(states, str) else states
+        deadline = time.monotonic() + timeout
+        job = self.job(job_id)
+        while job["state"] not in want:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"job {job_id} is {job['state']}, expected {want}:\n{json.dumps(job, indent=1)}"
+                                     f"\n--- daemon log ---\n{self.log.read_text()[-3000:]}")
+            time.sleep(0.1)
+            job = self.job(job_id)
+        return job
+
+
+@pytest.fixture
+def make_daemon():
+    started: list[Daemon] = []
+    dirs: list[Path] = []
+
+    def make(*args: str, home: Path | None = None, start: bool = True) -> Daemon:
+        if home is None:
+            base = _open_dir("gpuq-home-")
+            dirs.append(base)
+            home = base / "home"
+        d = Daemon(home, list(args))
+        started.append(d)
+        return d.start() if start else d
+
+    yield make
+    for d in started:
+        if d.proc is not None and d.proc.poll() is None:
+            d.proc.send_signal(signal.SIGTERM)
+            try:
+                d.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                d.proc.kill()
+    for b in dirs:
+        shutil.rmtree(b, ignore_errors=True)
+
+
+@pytest.fixture
+def daemon(make_daemon):
+    """The real daemon with two SIMULATED 24 GiB GPUs and a 2 s grace."""
+    return make_daemon("--simulate-gpus", "2x24GiB", "--grace", "2s", "--node", "testnode")
+
+
+# ---- Linux users ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def test_users() -> tuple[str, str]:
+    """Two real Linux users (created here; CI runs as root)."""
+    if os.geteuid() != 0:
+        pytest.fail("the multi-user tests must run as root, to create the test users and run jobs as them")
+    for name in TEST_USERS:
+        try:
+            pwd.getpwnam(name)
+        except KeyError:
+            subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", name], check=True)
+    return TEST_USERS
