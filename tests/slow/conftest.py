@@ -1,25 +1,57 @@
-"""Shared helpers for the TensorFlow tests (these need the `tf` extra: tensorflow-cpu, scikit-learn)."""
+"""Shared fixtures for the TensorFlow tests (they need the `tf` extra: tensorflow-cpu, scikit-learn)."""
 
 from __future__ import annotations
 
 import importlib.util
 import os
 from pathlib import Path
+from typing import Callable
 
 import pytest
+
+from gpuq.jobs.model import Job, JobSpec, JobState, Owner, Placement
+from gpuq.workers.env import build_job_env
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-def tf_env(tmp_path: Path) -> dict[str, str]:
-    """A plain environment for a training subprocess: quiet TensorFlow, repo on the path, no gpuq vars."""
+def _require_tensorflow() -> None:
     if importlib.util.find_spec("tensorflow") is None:  # find, not import: the test process stays light
         pytest.skip("TensorFlow is not installed: pip install 'gpuq[tf]'")
+
+
+def _passthrough() -> dict[str, str]:
+    return {"PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1",
+            "HOME": os.environ.get("HOME", "/tmp"), "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+
+
+@pytest.fixture
+def tf_env() -> dict[str, str]:
+    """A plain environment for a training subprocess run by hand: no gpuq variables, no GPU."""
+    _require_tensorflow()
     env = {k: v for k, v in os.environ.items() if not k.startswith("GPUQ_")}
-    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    env["PYTHONUNBUFFERED"] = "1"
+    env.update(_passthrough())
     env["CUDA_VISIBLE_DEVICES"] = ""
     return env
 
+
+@pytest.fixture
+def job_env(tmp_path: Path) -> Callable[..., dict[str, str]]:
+    """The environment gpuq's worker builds for a job (``gpuq.workers.env.build_job_env``).
+
+    The placement names a simulated GPU (no GPU exists here): CUDA sees no device and
+    TensorFlow runs on CPU, but every variable of the contract is set as in production.
+    """
+    _require_tensorflow()
+
+    def make(limit_mib: int | None = None, total_mib: int = 8192, requeues: int = 0) -> dict[str, str]:
+        job = Job(id=42, spec=JobSpec(argv=("python", "train.py"), cwd=str(tmp_path), env=_passthrough()),
+                  owner=Owner(os.getuid(), os.getgid(), "tester"), state=JobState.RUNNING,
+                  submitted_at=0.0, placed_at=1.0, requeues=requeues,
+                  placement=Placement(node="sim", gpu_uuids=("GPU-00000000-0000-0000-0000-simulated0",),
+                                      gpu_indices=(0,), reserved_mib=(limit_mib or total_mib,),
+                                      limit_mib=(limit_mib,), gpu_total_mib=(total_mib,)))
+        return build_job_env(job, checkpoint_dir=str(tmp_path / "ckpt"),
+                             progress_file=str(tmp_path / "progress.json"))
+
+    return make

@@ -1,0 +1,51 @@
+"""The examples run to completion under gpuq's job environment (on CPU), and learn what they should."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def _run(script: str, args: list[str], env: dict[str, str], cwd: Path) -> str:
+    done = subprocess.run([sys.executable, str(EXAMPLES / script), *args], env=env, cwd=cwd,
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def test_digits_classic_reaches_a_sane_accuracy(job_env: Callable[..., dict[str, str]], tmp_path: Path) -> None:
+    env = job_env(limit_mib=1024)
+    out = tmp_path / "metrics.json"
+    stdout = _run("digits_classic.py", ["--out", str(out)], env, tmp_path)
+    metrics = json.loads(out.read_text())
+    assert metrics["test_accuracy"] >= 0.94, stdout
+    assert metrics["iterations"] == 3000
+    assert "lr 0.0931" in stdout  # 0.8 * 0.99 ** (2999 // 14): the decay ran once per epoch
+    progress = json.loads((tmp_path / "progress.json").read_text())
+    assert progress["step"] == progress["total"] == 3000
+    assert set(progress) == {"step", "total", "epoch", "loss", "eta_s", "updated_at"}
+    assert (tmp_path / "ckpt" / "checkpoint").exists()
+
+
+def test_custom_loss_predicts_on_the_expensive_side(job_env: Callable[..., dict[str, str]],
+                                                    tmp_path: Path) -> None:
+    out = tmp_path / "weights.json"
+    _run("custom_loss.py", ["--out", str(out)], job_env(), tmp_path)
+    result = json.loads(out.read_text())
+    assert all(1.0 < w < 1.1 for w in result["weights"]), result
+    assert result["over_prediction_share"] > 0.75, result  # under-prediction costs 10x more
+
+
+def test_tf1_compat_session_gets_the_share(job_env: Callable[..., dict[str, str]], tmp_path: Path) -> None:
+    stdout = _run("tf1_compat.py", [], job_env(limit_mib=2048, total_mib=8192), tmp_path)
+    assert "allow_growth=True per_process_gpu_memory_fraction=0.25" in stdout
+    assert "done: step 3000" in stdout
