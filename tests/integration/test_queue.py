@@ -138,10 +138,12 @@ def test_cancel_running_job_leaves_nothing_of_its_process_group(daemon, open_tmp
 def test_cancel_pending_hold_release_and_after(daemon, open_tmp):
     _script(open_tmp)
     blocker = daemon.submit("--gpus", "2", "jobscript.py", "b.json", "3", cwd=open_tmp)
+    daemon.wait_state(blocker, "running")
     p1 = daemon.submit("jobscript.py", "p1.json", "0.1", cwd=open_tmp)
     p2 = daemon.submit("jobscript.py", "p2.json", "0.1", cwd=open_tmp)
     dep = daemon.submit("--after", str(p2), "jobscript.py", "d.json", "0.1", cwd=open_tmp)
-    assert daemon.cli("cancel", str(p1)).rc == 0
+    r = daemon.cli("cancel", str(p1))
+    assert r.rc == 0, (r.err, daemon.job(p1), daemon.job(blocker))
     assert daemon.job(p1)["state"] == "cancelled"
     assert daemon.cli("hold", str(p2)).rc == 0
     time.sleep(1.2)
