@@ -26,7 +26,7 @@ class DaemonConfig:
     probe_interval_s: float = 1.0
     node_ttl_s: float = 15.0  # a node whose snapshot is older than this is considered down
     max_workers: int = 64  # RQ worker processes per node (one per concurrently running job)
-    spare_workers: int = 1  # idle workers kept ready so a placement starts at once
+    spare_workers: int = 2  # idle workers kept ready so a placement starts at once
     scheduler: bool = True  # take part in the scheduler leader election
     policy: PolicyConfig = field(default_factory=PolicyConfig)
 

@@ -54,10 +54,16 @@ class Daemon:
     def __init__(self, cfg: DaemonConfig):
         self.cfg = cfg
         self.stop = threading.Event()
+        self.agent_wake = threading.Event()  # set when a job was placed on this node or on shutdown
         self.redis: EmbeddedRedis | None = None
 
     def _on_signal(self, signum: int, frame: object) -> None:
         self.stop.set()  # handlers only set flags
+        self.agent_wake.set()
+
+    def _placed(self, node: str) -> None:
+        if node == self.cfg.node:
+            self.agent_wake.set()
 
     def _connect(self) -> tuple[Store, str]:
         if self.cfg.redis_url:
@@ -103,7 +109,7 @@ class Daemon:
             api = ApiServer(sock, Service(store, cfg, time.time, submit_limits))
             api.start()
             if cfg.scheduler:
-                loop = SchedulerLoop(store, cfg)
+                loop = SchedulerLoop(store, cfg, on_placed=self._placed, on_wake=self.agent_wake.set)
                 sched_thread = threading.Thread(target=loop.run, args=(self.stop,), name="gpuq-scheduler",
                                                 daemon=True)
                 sched_thread.start()
@@ -115,7 +121,8 @@ class Daemon:
                     agent.tick()
                 except StoreUnavailable as e:
                     log.error("%s (retrying)", e)
-                self.stop.wait(cfg.probe_interval_s)
+                self.agent_wake.wait(cfg.probe_interval_s)
+                self.agent_wake.clear()
             log.info("stopping: running jobs get SIGTERM and go back to the queue")
         finally:
             if api is not None:

@@ -48,10 +48,13 @@ def enqueue_placement(store: Store, job: Job, pipe) -> None:
 
 
 class SchedulerLoop:
-    def __init__(self, store: Store, cfg: DaemonConfig, clock: Callable[[], float] = time.time):
+    def __init__(self, store: Store, cfg: DaemonConfig, clock: Callable[[], float] = time.time,
+                 on_placed: Callable[[str], None] | None = None, on_wake: Callable[[], None] | None = None):
         self.store = store
         self.cfg = cfg
         self.clock = clock
+        self.on_placed = on_placed  # told the node of each placement (the local agent readies a worker)
+        self.on_wake = on_wake  # told of each wake-up (a job ended: the local agent re-probes at once)
         self.half_life_s = float(getattr(cfg.policy, "half_life_s", usage_mod.DEFAULT_HALF_LIFE_S))
 
     def load(self, now: float) -> World:
@@ -79,8 +82,10 @@ class SchedulerLoop:
                 return j.transition(JobState.RUNNING, placement=p, placed_at=now)
 
             gpus = ",".join(str(i) for i in p.gpu_indices) or "none"
-            self.store.update(start.job_id, change, now, event=f"placed on {p.node} GPUs {gpus}",
-                              also=lambda pipe, job: enqueue_placement(self.store, job, pipe))
+            placed = self.store.update(start.job_id, change, now, event=f"placed on {p.node} GPUs {gpus}",
+                                       also=lambda pipe, job: enqueue_placement(self.store, job, pipe))
+            if placed is not None and self.on_placed is not None:
+                self.on_placed(p.node)
         for pre in decisions.preempts:
             def stop(j: Job) -> Job | None:
                 if j.state is not JobState.RUNNING or j.stop_request is not None or j.started_at is None:
@@ -107,7 +112,8 @@ class SchedulerLoop:
             try:
                 if self.store.hold_leadership(self.cfg.node, ttl_s):
                     self.cycle()
-                self.store.wait_wake(self.cfg.cycle_s)
+                if self.store.wait_wake(self.cfg.cycle_s) and self.on_wake is not None:
+                    self.on_wake()
             except StoreUnavailable as e:
                 log.error("%s (retrying)", e)
                 stop.wait(1.0)

@@ -33,6 +33,7 @@ class NodeAgent:
         self.redis_url = redis_url
         self.clock = clock
         self.workers: list[subprocess.Popen] = []
+        self._last_used: tuple[int, ...] | None = None
 
     # ---- what runs here -----------------------------------------------------------------------
 
@@ -48,6 +49,10 @@ class NodeAgent:
         sessions = {j.pid: (j.id, j.owner.user) for j in mine if j.pid}
         snap = self.probe.snapshot(self.cfg.node, now, sessions)
         self.store.put_node(snap, ttl_s=self.cfg.node_ttl_s)
+        used = tuple(g.mem_used_mib for g in snap.gpus)
+        if self._last_used is not None and used != self._last_used:
+            self.store.wake("gpu memory changed")  # memory was freed or taken: plan again now
+        self._last_used = used
         self.ensure_workers(len(mine))
 
     def _worker_env(self) -> dict[str, str]:
