@@ -19,33 +19,48 @@ from gpuq.scheduler.placement import Cluster
 INF = math.inf
 
 
-def hold_for_head(cluster: Cluster, res: Resources, now: float) -> tuple[str, float] | None:
+def hold_for_head(cluster: Cluster, res: Resources, now: float, gang: bool = False) -> tuple[str, float] | None:
     """Hold GPUs for the head job; return (node, shadow time) or None if no node could ever fit it."""
     g = max(res.gpus, 1)
+    t = cluster.t
+    if gang and g > t.max_node_gpus:
+        groups = [list(range(len(t.gpu)))]  # a gang may use GPUs of any node
+    else:
+        groups = t.node_slots
+    if cluster.bounded_running == 0 and res.whole_gpus and len(groups) > 1:
+        # every running job is unbounded: no node frees up at a known time; hold on the node
+        # with the most idle GPUs (the shadow time is unknown)
+        k = max(range(len(groups)), key=lambda k: (cluster.idle_count[k], -k))
+        if len(groups[k]) < g:
+            return None
+        for i in groups[k]:
+            if cluster.is_idle(i) and cluster.shadow[i] is None:
+                cluster.shadow[i] = INF
+        return t.names[k], INF
     best: tuple | None = None
-    for node, slots in cluster.nodes.items():
-        if len(slots) < g:
+    for k, idxs in enumerate(groups):
+        if len(idxs) < g:
             continue
         times = []
-        for s in slots:
-            if s.shadow_until is not None:
+        for i in idxs:
+            if cluster.shadow[i] is not None:
                 continue  # already held for someone
-            if s.fits(res):
-                times.append((now, s))
-            elif res.whole_gpus or s.total_mib >= res.request_mib(s.total_mib):
-                times.append((max(s.busy_until, now), s))
+            if cluster.fits(i, res):
+                times.append((now, i))
+            elif res.whole_gpus or t.total[i] >= res.request_mib(t.total[i]):
+                times.append((max(cluster.busy_until[i], now), i))
         if len(times) < g:
             continue
-        times.sort(key=lambda t: (t[0], t[1].gpu.index))
+        times.sort()
         shadow = times[g - 1][0]
-        idle_now = sum(1 for t, _ in times if t <= now)
-        rank = (shadow, -idle_now, node)
+        idle_now = sum(1 for at, _ in times if at <= now)
+        rank = (shadow, -idle_now, k)
         if best is None or rank < best[0]:
-            best = (rank, node, [s for _, s in times[:g]], shadow)
+            best = (rank, k, [i for _, i in times[:g]], shadow)
     if best is None:
         return None
-    _, node, chosen, shadow = best
-    for s in chosen:
-        if s.fits(res):
-            s.shadow_until = shadow
-    return node, shadow
+    _, k, chosen, shadow = best
+    for i in chosen:
+        if cluster.fits(i, res):
+            cluster.shadow[i] = shadow
+    return (t.names[k] if len(groups) > 1 else "all nodes"), shadow

@@ -59,6 +59,9 @@ class PolicyConfig:
     # ---- packing of shared (fractional) jobs ----
     #: best (least memory left over; shared GPUs first) or first (lowest node and GPU index)
     packing: str = "best"
+    #: allow a whole-GPU job wider than any node to take GPUs on several nodes (the simulator
+    #: uses this for Philly's wide jobs; the daemon launches single-node jobs only)
+    gang: bool = False
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:

@@ -125,3 +125,75 @@ def share_states(
         sn = s / total_share
         out[u] = ShareState(u, s, sn, used, un, 2.0 ** (-un / sn))
     return out
+
+
+# ---- `gpuq usage` ---------------------------------------------------------------------------
+
+from gpuq.scheduler.config import PolicyConfig, check_submit_limits  # noqa: E402  (re-exported for the daemon)
+
+
+def usage_report(usage_records: Mapping[str, Any], pending: Iterable[Job], running: Iterable[Job],
+                 config: PolicyConfig, now: float) -> list[dict[str, Any]]:
+    """One JSON-able row per user (everyone with a record or an active job), like sshare/sprio.
+
+    Each row: the user's share (configured and normalised among active users), usage in
+    GPU-seconds (recorded, in progress, total decayed, normalised), the fair-share factor,
+    their limits and GPUs in use, and for each of their waiting jobs the parts of its priority
+    (tier from ``--priority``, fair-share part, age part, total).
+    """
+    pending = list(pending)
+    running = list(running)
+    h = config.half_life_s
+    recorded = usage_values(usage_records, now, h)
+    ongoing = ongoing_usage(running, now, h)
+    total = dict(recorded)
+    for u, v in ongoing.items():
+        total[u] = total.get(u, 0.0) + v
+    groups: dict[str, tuple[int, ...]] = {}
+    for j in pending + running:
+        groups.setdefault(j.owner.user, j.owner.groups)
+    active = dict(groups)
+    states = share_states(active, total, config.share_for)
+    all_users = sorted(set(total) | set(groups))
+    total_usage = sum(v for v in total.values() if v > 0)
+    rows = []
+    for user in all_users:
+        st = states.get(user)
+        share = config.share_for(user, groups.get(user, ()))
+        used = total.get(user, 0.0)
+        factor = st.factor if st else 2.0 ** (-(used / total_usage if total_usage else 0.0))
+        mine_p = [j for j in pending if j.owner.user == user]
+        mine_r = [j for j in running if j.owner.user == user]
+        lim = config.limits_for(user)
+        jobs = []
+        for j in sorted(mine_p, key=lambda j: (-j.spec.priority, j.submitted_at, j.id)):
+            age = min(max(now - j.submitted_at, 0.0) / config.max_age_s, 1.0)
+            fs_part = config.weight_fairshare * factor
+            age_part = config.weight_age * age
+            jobs.append({"job_id": j.id, "state": j.state.value, "tier": j.spec.priority,
+                         "fairshare": round(fs_part, 1), "age": round(age_part, 1),
+                         "priority": round(fs_part + age_part, 1)})
+        rows.append({
+            "user": user,
+            "share": share,
+            "share_norm": round(st.share_norm, 4) if st else None,
+            "usage_recorded_gpu_s": round(recorded.get(user, 0.0), 1),
+            "usage_running_gpu_s": round(ongoing.get(user, 0.0), 1),
+            "usage_gpu_s": round(used, 1),
+            "usage_norm": round(used / total_usage, 4) if total_usage else 0.0,
+            "fairshare_factor": round(factor, 4),
+            "running_jobs": len(mine_r),
+            "pending_jobs": len(mine_p),
+            "gpus_in_use": sum(j.spec.resources.gpus for j in mine_r),
+            "max_gpus": lim.max_gpus,
+            "max_pending": lim.max_pending,
+            "half_life_s": h,
+            "policy": config.policy,
+            "jobs": jobs,
+        })
+    rows.sort(key=lambda r: (-r["fairshare_factor"], r["user"]))
+    return rows
+
+
+__all__ = ["add_usage", "decayed_usage", "add_run_usage", "run_usage_gpu_s", "job_gpu_equiv", "ongoing_usage",
+           "share_states", "usage_values", "usage_report", "check_submit_limits", "ShareState"]

@@ -66,10 +66,11 @@ def static_key_fn(config: PolicyConfig) -> Callable[[Job], tuple]:
 def running_key(job: Job, config: PolicyConfig, now: float) -> tuple:
     """Where a running job would sort among pending ones (for preemption by las/srtf)."""
     if config.policy == "las":
-        gpus = max(job.spec.resources.gpus, 1)
+        spec = job.spec
         since = job.started_at if job.started_at is not None else job.placed_at
-        attained = job.attained_gpu_s + gpus * max(0.0, now - (since if since is not None else now))
-        return (-job.spec.priority, las_level(attained, config.las_thresholds_gpu_s))
+        ran = now - since if since is not None and now > since else 0.0
+        attained = job.attained_gpu_s + (spec.resources.gpus or 1) * ran
+        return (-spec.priority, bisect.bisect_right(config.las_thresholds_gpu_s, attained))
     if config.policy == "srtf":
         return (-job.spec.priority, remaining_s(job, now))
     return (-job.spec.priority,)

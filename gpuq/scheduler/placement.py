@@ -4,12 +4,16 @@ Free memory on a GPU is ``total - max(reserved by gpuq jobs, NVML used)``.  A wh
 needs idle GPUs (no gpuq job and NVML sees at most ``idle_mem_mib``); a shared job needs its
 memory free.  Shared jobs are packed best fit (least memory left over) and prefer GPUs that
 already hold shared jobs, so idle GPUs stay whole and little memory is stranded.
+
+The view keeps one entry per GPU in flat lists (indexed by a global GPU number), built from a
+template of the node snapshots that is computed once per set of snapshots: a cycle costs
+O(nodes + running jobs), not O(GPUs), which keeps the simulator fast on big clusters.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Sequence
 
 from gpuq.gpus import GpuInfo, NodeSnapshot
 from gpuq.jobs.model import Job, Placement, Resources
@@ -18,106 +22,148 @@ from gpuq.units import format_mib
 INF = math.inf
 
 
-class Slot:
-    """One GPU during one planning cycle."""
+class _Template:
+    """What never changes within one set of node snapshots."""
 
-    __slots__ = ("node", "gpu", "total_mib", "used_mib", "reserved_mib", "holders", "busy_until",
-                 "shadow_until", "idle_mem_mib")
+    def __init__(self, nodes: Sequence[NodeSnapshot], idle_mem_mib: int) -> None:
+        self.names: list[str] = []
+        self.node_slots: list[list[int]] = []
+        self.node_of: list[int] = []
+        self.gpu: list[GpuInfo] = []
+        self.uuid_idx: dict[str, int] = {}
+        for k, n in enumerate(nodes):
+            self.names.append(n.node)
+            idxs = []
+            for g in sorted(n.gpus, key=lambda g: g.index):
+                i = len(self.gpu)
+                self.gpu.append(g)
+                self.node_of.append(k)
+                self.uuid_idx[g.uuid] = i
+                idxs.append(i)
+            self.node_slots.append(idxs)
+        self.total = [g.mem_total_mib for g in self.gpu]
+        self.used = [g.mem_used_mib for g in self.gpu]
+        self.base_idle = [g.mem_used_mib <= idle_mem_mib for g in self.gpu]
+        self.base_idle_count = [sum(self.base_idle[i] for i in idxs) for idxs in self.node_slots]
+        self.max_node_gpus = max((len(x) for x in self.node_slots), default=0)
 
-    def __init__(self, node: str, gpu: GpuInfo, idle_mem_mib: int) -> None:
-        self.node = node
-        self.gpu = gpu
-        self.total_mib = gpu.mem_total_mib
-        self.used_mib = gpu.mem_used_mib
-        self.reserved_mib = 0
-        self.holders = 0
-        self.busy_until = 0.0  # when the last gpuq job on it is expected to end (inf: unknown)
-        self.shadow_until: float | None = None  # held for the head job until then (backfill)
-        self.idle_mem_mib = idle_mem_mib
 
-    @property
-    def free_mib(self) -> int:
-        return self.total_mib - max(self.reserved_mib, self.used_mib)
+_TEMPLATES: dict[tuple, tuple[tuple, _Template]] = {}
 
-    @property
-    def idle(self) -> bool:
-        return self.holders == 0 and self.reserved_mib == 0 and self.used_mib <= self.idle_mem_mib
 
-    def usable(self, end_at: float) -> bool:
-        """A GPU held for the head job may take a job that surely ends before the head starts."""
-        sh = self.shadow_until
-        return sh is None or (end_at <= sh < INF)
-
-    def fits(self, res: Resources, end_at: float = INF) -> bool:
-        if not self.usable(end_at):
-            return False
-        if res.whole_gpus:
-            return self.idle
-        return self.free_mib >= res.request_mib(self.total_mib)
+def _template(nodes: Sequence[NodeSnapshot], idle_mem_mib: int) -> _Template:
+    # Snapshots are frozen: the same objects always give the same template.  The cache keeps a
+    # reference to them, so their ids cannot be reused while the entry lives.
+    key = (idle_mem_mib,) + tuple(id(n) for n in nodes)
+    hit = _TEMPLATES.get(key)
+    if hit is not None:
+        return hit[1]
+    t = _Template(nodes, idle_mem_mib)
+    if len(_TEMPLATES) >= 8:
+        _TEMPLATES.pop(next(iter(_TEMPLATES)))
+    _TEMPLATES[key] = (tuple(nodes), t)
+    return t
 
 
 class Cluster:
-    """All GPU slots, with the reservations of running jobs applied."""
+    """All GPUs, with the reservations of running jobs applied."""
 
     def __init__(self, nodes: Sequence[NodeSnapshot], running: Iterable[Job], idle_mem_mib: int,
                  now: float = 0.0, end_of=None) -> None:
-        self.nodes: dict[str, list[Slot]] = {}
-        by_uuid: dict[str, Slot] = {}
-        for n in nodes:
-            slots = [Slot(n.node, g, idle_mem_mib) for g in n.gpus]
-            self.nodes[n.node] = slots
-            for s in slots:
-                by_uuid[s.gpu.uuid] = s
-        self.by_uuid = by_uuid
+        t = self.t = _template(nodes, idle_mem_mib)
+        n = len(t.gpu)
+        self.reserved = [0] * n
+        self.holders = [0] * n
+        self.busy_until = [0.0] * n  # when its last gpuq job is expected to end (inf: unknown)
+        self.shadow: list[float | None] = [None] * n  # held for the head job until then
+        self.idle_count = list(t.base_idle_count)
+        self.bounded_running = 0
+        partial: set[int] = set()
+        uuid_idx, base_idle, node_of = t.uuid_idx, t.base_idle, t.node_of
+        total, used = t.total, t.used
+        reserved, holders, busy, idle_count = self.reserved, self.holders, self.busy_until, self.idle_count
         for job in running:
             p = job.placement
             if p is None:
                 continue
-            end = end_of(job) if end_of is not None else INF
+            if job.spec.time_limit_s is None or end_of is None:
+                end = INF
+            else:
+                end = end_of(job)
+                self.bounded_running += 1
             for uuid, mib in zip(p.gpu_uuids, p.reserved_mib):
-                s = by_uuid.get(uuid)
-                if s is not None:
-                    s.reserved_mib += mib
-                    s.holders += 1
-                    if end > s.busy_until:
-                        s.busy_until = end
-        self.partial = {s.gpu.uuid for s in by_uuid.values() if s.holders and s.free_mib > 0}
-        self.idle_count = {name: sum(1 for s in slots if s.idle) for name, slots in self.nodes.items()}
-        self.total_idle = sum(self.idle_count.values())
-        self.node_size = {name: len(slots) for name, slots in self.nodes.items()}
-        self.max_node_gpus = max(self.node_size.values(), default=0)
+                i = uuid_idx.get(uuid)
+                if i is None:
+                    continue
+                if holders[i] == 0 and reserved[i] == 0 and base_idle[i]:
+                    idle_count[node_of[i]] -= 1
+                r = reserved[i] = reserved[i] + mib
+                holders[i] += 1
+                if end > busy[i]:
+                    busy[i] = end
+                if total[i] > r and total[i] > used[i]:
+                    partial.add(i)
+                else:
+                    partial.discard(i)
+        self.total_idle = sum(idle_count)
+        self.partial = partial
+
+    # ---- per GPU ----
+    @property
+    def names(self) -> list[str]:
+        return self.t.names
+
+    @property
+    def max_node_gpus(self) -> int:
+        return self.t.max_node_gpus
+
+    def free_mib(self, i: int) -> int:
+        return self.t.total[i] - max(self.reserved[i], self.t.used[i])
+
+    def is_idle(self, i: int) -> bool:
+        return self.holders[i] == 0 and self.reserved[i] == 0 and self.t.base_idle[i]
+
+    def usable(self, i: int, end_at: float) -> bool:
+        """A GPU held for the head job may take a job that surely ends before the head starts."""
+        sh = self.shadow[i]
+        return sh is None or (end_at <= sh < INF)
+
+    def fits(self, i: int, res: Resources, end_at: float = INF) -> bool:
+        if not self.usable(i, end_at):
+            return False
+        if res.whole_gpus:
+            return self.is_idle(i)
+        return self.free_mib(i) >= res.request_mib(self.t.total[i])
 
     # ---- changes ----
-    def reserve(self, placement: Placement, end_at: float | None = None) -> None:
+    def _apply(self, placement: Placement, sign: int, end_at: float | None = None) -> None:
+        t = self.t
         for uuid, mib in zip(placement.gpu_uuids, placement.reserved_mib):
-            s = self.by_uuid[uuid]
-            was_idle = s.idle
-            s.reserved_mib += mib
-            s.holders += 1
-            if end_at is not None and end_at > s.busy_until:
-                s.busy_until = end_at
-            if was_idle:
-                self.idle_count[s.node] -= 1
-                self.total_idle -= 1
-            self._track(s)
+            i = t.uuid_idx.get(uuid)
+            if i is None:
+                continue
+            was_idle = self.is_idle(i)
+            self.reserved[i] += sign * mib
+            self.holders[i] += sign
+            if end_at is not None and end_at > self.busy_until[i]:
+                self.busy_until[i] = end_at
+            now_idle = self.is_idle(i)
+            if was_idle != now_idle:
+                d = 1 if now_idle else -1
+                self.idle_count[t.node_of[i]] += d
+                self.total_idle += d
+            if self.holders[i] and self.free_mib(i) > 0:
+                self.partial.add(i)
+            else:
+                self.partial.discard(i)
+
+    def reserve(self, placement: Placement, end_at: float | None = None) -> None:
+        if end_at is not None and end_at < INF:
+            self.bounded_running += 1
+        self._apply(placement, 1, end_at)
 
     def release(self, placement: Placement) -> None:
-        for uuid, mib in zip(placement.gpu_uuids, placement.reserved_mib):
-            s = self.by_uuid.get(uuid)
-            if s is None:
-                continue
-            s.reserved_mib -= mib
-            s.holders -= 1
-            if s.idle:
-                self.idle_count[s.node] += 1
-                self.total_idle += 1
-            self._track(s)
-
-    def _track(self, s: Slot) -> None:
-        if s.holders and s.free_mib > 0:
-            self.partial.add(s.gpu.uuid)
-        else:
-            self.partial.discard(s.gpu.uuid)
+        self._apply(placement, -1)
 
     # ---- queries ----
     def could_fit_anything(self) -> bool:
@@ -125,76 +171,104 @@ class Cluster:
         return bool(self.total_idle or self.partial)
 
     def fit(self, res: Resources, end_at: float = INF, packing: str = "best",
-            only_node: str | None = None) -> tuple[str, list[Slot]] | None:
-        """Choose ``res.gpus`` GPUs on one node for ``res``, or None."""
+            only_node: str | None = None) -> tuple[str, list[int]] | None:
+        """Choose ``res.gpus`` GPUs on one node for ``res``: (node, GPU numbers) or None."""
         g = res.gpus
-        if res.whole_gpus:
-            best: tuple | None = None
-            for node, slots in self.nodes.items():
-                if only_node is not None and node != only_node:
+        t = self.t
+        best: tuple | None = None
+        for k, idxs in enumerate(t.node_slots):
+            if only_node is not None and t.names[k] != only_node:
+                continue
+            if res.whole_gpus:
+                if self.idle_count[k] < g:
                     continue
-                if self.idle_count[node] < g:
-                    continue
-                ok = [s for s in slots if s.idle and s.usable(end_at)]
+                ok = [i for i in idxs if self.is_idle(i) and self.usable(i, end_at)]
                 if len(ok) < g:
                     continue
                 if packing == "first":
-                    return node, sorted(ok, key=lambda s: s.gpu.index)[:g]
-                rank = (len(ok), node)
+                    return t.names[k], ok[:g]
+                rank: tuple = (len(ok), k)
                 if best is None or rank < best[0]:
-                    best = (rank, node, ok)
+                    best = (rank, k, ok[:g])
                     if len(ok) == g:
                         break
-            if best is None:
-                return None
-            return best[1], sorted(best[2], key=lambda s: s.gpu.index)[:g]
-        best2: tuple | None = None
-        for node, slots in self.nodes.items():
-            if only_node is not None and node != only_node:
                 continue
-            ok = [s for s in slots if s.fits(res, end_at)]
+            ok = [i for i in idxs if self.fits(i, res, end_at)]
             if len(ok) < g:
                 continue
             if packing == "first":
-                return node, sorted(ok, key=lambda s: s.gpu.index)[:g]
-            # best fit: least memory left over; shared GPUs before idle ones
-            ok.sort(key=lambda s: (s.idle, s.free_mib - res.request_mib(s.total_mib), s.gpu.index))
+                return t.names[k], ok[:g]
+            # best fit: shared GPUs before idle ones, then least memory left over
+            left = {i: self.free_mib(i) - res.request_mib(t.total[i]) for i in ok}
+            ok.sort(key=lambda i: (self.is_idle(i), left[i], i))
             chosen = ok[:g]
-            rank = (sum(s.idle for s in chosen), sum(s.free_mib - res.request_mib(s.total_mib) for s in chosen))
-            if best2 is None or rank < best2[0]:
-                best2 = (rank, node, chosen)
-        return None if best2 is None else (best2[1], best2[2])
+            rank = (sum(self.is_idle(i) for i in chosen), sum(left[i] for i in chosen), k)
+            if best is None or rank < best[0]:
+                best = (rank, k, chosen)
+        return None if best is None else (t.names[best[1]], best[2])
+
+    def fit_gang(self, res: Resources, end_at: float = INF) -> tuple[str, list[int]] | None:
+        """Whole GPUs spread over several nodes (fullest-idle nodes first) for a job wider than any node."""
+        if not res.whole_gpus or self.total_idle < res.gpus:
+            return None
+        t = self.t
+        per_node = []
+        for k, idxs in enumerate(t.node_slots):
+            if self.idle_count[k]:
+                ok = [i for i in idxs if self.is_idle(i) and self.usable(i, end_at)]
+                if ok:
+                    per_node.append((-len(ok), k, ok))
+        per_node.sort()
+        chosen: list[int] = []
+        names = []
+        for _, k, ok in per_node:
+            take = ok[: res.gpus - len(chosen)]
+            chosen += take
+            names.append(t.names[k])
+            if len(chosen) == res.gpus:
+                return "+".join(names), chosen
+        return None
 
     def why_not(self, res: Resources) -> str:
         """A person-readable reason why ``res`` does not fit right now."""
-        if not self.nodes:
+        t = self.t
+        if not t.gpu:
             return "no node with GPUs is up"
         if res.whole_gpus:
-            most = max(sum(1 for s in ss if s.idle and s.shadow_until is None) for ss in self.nodes.values())
+            most = max(sum(1 for i in idxs if self.is_idle(i) and self.shadow[i] is None) for idxs in t.node_slots)
             what = f"{res.gpus} GPU" + ("s" if res.gpus != 1 else "")
+            if res.gpus > t.max_node_gpus:
+                free = sum(1 for i in range(len(t.gpu)) if self.is_idle(i) and self.shadow[i] is None)
+                return f"needs {what} across nodes; {free} free"
             return f"needs {what} on one node; at most {most} free"
-        all_slots = [s for ss in self.nodes.values() for s in ss]
-        top = max(all_slots, key=lambda s: s.free_mib)
-        need = res.mem_mib if res.mem_mib is not None else res.request_mib(top.total_mib)
+        top = max(range(len(t.gpu)), key=self.free_mib)
+        need = res.mem_mib if res.mem_mib is not None else res.request_mib(t.total[top])
         if res.gpus == 1:
-            where = f"GPU {top.gpu.index}" + ("" if len(self.nodes) == 1 else f" on {top.node}")
-            return f"needs {format_mib(need)} on one GPU; most free is {format_mib(max(top.free_mib, 0))} ({where})"
-        most = max(sum(1 for s in ss if s.fits(res)) for ss in self.nodes.values())
+            where = f"GPU {t.gpu[top].index}" + ("" if len(t.names) == 1 else f" on {t.names[t.node_of[top]]}")
+            return (f"needs {format_mib(need)} on one GPU; most free is {format_mib(max(self.free_mib(top), 0))} "
+                    f"({where})")
+        most = max(sum(1 for i in idxs if self.fits(i, res)) for idxs in t.node_slots)
         return f"needs {format_mib(need)} on each of {res.gpus} GPUs on one node; at most {most} have that free"
 
+    def stranded_mib(self, smallest_request_mib: int) -> int:
+        """Free MiB on GPUs that hold jobs but have less free than the smallest request."""
+        return sum(f for i in range(len(self.t.gpu))
+                   if self.holders[i] and 0 < (f := self.free_mib(i)) < smallest_request_mib)
 
-def make_placement(res: Resources, node: str, chosen: Sequence[Slot]) -> Placement:
+
+def make_placement(cluster: Cluster, res: Resources, node: str, chosen: Sequence[int]) -> Placement:
+    t = cluster.t
     return Placement(
         node=node,
-        gpu_uuids=tuple(s.gpu.uuid for s in chosen),
-        gpu_indices=tuple(s.gpu.index for s in chosen),
-        reserved_mib=tuple(res.request_mib(s.total_mib) for s in chosen),
-        limit_mib=tuple(res.limit_mib(s.total_mib) for s in chosen),
-        gpu_total_mib=tuple(s.total_mib for s in chosen),
+        gpu_uuids=tuple(t.gpu[i].uuid for i in chosen),
+        gpu_indices=tuple(t.gpu[i].index for i in chosen),
+        reserved_mib=tuple(res.request_mib(t.total[i]) for i in chosen),
+        limit_mib=tuple(res.limit_mib(t.total[i]) for i in chosen),
+        gpu_total_mib=tuple(t.total[i] for i in chosen),
     )
 
 
-def never_fits(res: Resources, nodes: Sequence[NodeSnapshot]) -> str | None:
+def never_fits(res: Resources, nodes: Sequence[NodeSnapshot], gang: bool = False) -> str | None:
     """Why ``res`` could never run on any node even when all is idle, or None if it could."""
     if res.gpus == 0:
         return None
@@ -204,6 +278,9 @@ def never_fits(res: Resources, nodes: Sequence[NodeSnapshot]) -> str | None:
         ok = [g for g in n.gpus if res.whole_gpus or res.request_mib(g.mem_total_mib) <= g.mem_total_mib]
         if len(ok) >= res.gpus:
             return None
+    total = sum(len(n.gpus) for n in nodes)
+    if gang and res.whole_gpus and res.gpus <= total:
+        return None
     most = max(len(n.gpus) for n in nodes)
     if res.gpus > most:
         return f"it asks for {res.gpus} GPUs on one node, but the largest node has {most}"
@@ -212,15 +289,5 @@ def never_fits(res: Resources, nodes: Sequence[NodeSnapshot]) -> str | None:
             f"but the largest GPU has {format_mib(biggest)}")
 
 
-def gpu_memory_stranded(cluster: Cluster, smallest_request_mib: int) -> int:
-    """Free MiB on GPUs that hold shared jobs but have less free than the smallest request."""
-    return sum(s.free_mib for ss in cluster.nodes.values() for s in ss
-               if s.holders and 0 < s.free_mib < smallest_request_mib)
-
-
 def shape_of(res: Resources) -> tuple:
     return (res.gpus, res.whole_gpus, res.mem_mib, res.fraction)
-
-
-def node_free_mib(cluster: Cluster) -> Mapping[str, int]:
-    return {n: sum(max(s.free_mib, 0) for s in ss) for n, ss in cluster.nodes.items()}

@@ -108,15 +108,16 @@ def plan(
     finished = finished or {}
     index = pending if isinstance(pending, PendingIndex) and pending.matches(config) else PendingIndex(config, pending)
     cluster = Cluster(nodes, running, config.idle_mem_mib, now,
-                      end_of=lambda j: max(now, now + remaining_s(j, now)))
+                      end_of=lambda j: now + max(0.0, remaining_s(j, now)))
     states: dict[str, ShareState] = {}
     score_of_user = None
     if config.uses_fairshare:
         states = fairshare_states(index, running, usage, config, now)
         score_of_user = {u: config.weight_fairshare * s.factor for u, s in states.items()}
     user_gpus: dict[str, int] = {}
-    for j in running:
-        user_gpus[j.owner.user] = user_gpus.get(j.owner.user, 0) + j.spec.resources.gpus
+    if config.default_limits.max_gpus is not None or config.user_limits:
+        for j in running:
+            user_gpus[j.owner.user] = user_gpus.get(j.owner.user, 0) + j.spec.resources.gpus
     limits_cache: dict[str, UserLimits] = {}
 
     starts: list[Start] = []
@@ -148,7 +149,7 @@ def plan(
         res = job.spec.resources
         shape = shape_of(res)
         if shape not in never:
-            never[shape] = never_fits(res, nodes)
+            never[shape] = never_fits(res, nodes, config.gang)
         if never[shape] is not None:
             reasons[job.id] = f"cannot run here: {never[shape]}"
             continue
@@ -167,7 +168,7 @@ def plan(
             waiting_ahead += 1
             continue
         if res.gpus == 0:
-            node = next(iter(cluster.nodes), None) or (nodes[0].node if nodes else None)
+            node = cluster.names[0] if cluster.names else None
             if node is None:
                 reasons[job.id] = "no node is up"
                 continue
@@ -181,10 +182,13 @@ def plan(
         if why is None and (shape, True) in failed:
             why = failed[(shape, True)]
         if why is None:
-            choice = cluster.fit(res, end_at, config.packing)
+            if res.gpus > cluster.max_node_gpus:
+                choice = cluster.fit_gang(res, end_at)
+            else:
+                choice = cluster.fit(res, end_at, config.packing)
             if choice is not None:
                 node, chosen = choice
-                placement = make_placement(res, node, chosen)
+                placement = make_placement(cluster, res, node, chosen)
                 cluster.reserve(placement, end_at)
                 starts.append(Start(job.id, placement))
                 user_gpus[user] = used + res.gpus
@@ -194,7 +198,7 @@ def plan(
         if head is None:
             head = job
             if backfill:
-                held = hold_for_head(cluster, res, now)
+                held = hold_for_head(cluster, res, now, config.gang)
                 if held is not None:
                     shadow = held[1]
             if explain:
@@ -237,15 +241,12 @@ def _expected(shadow: float | None, now: float) -> str:
 
 
 def _fits_ignoring_hold(cluster: Cluster, res) -> bool:
-    held = [s for ss in cluster.nodes.values() for s in ss if s.shadow_until is not None]
-    saved = [s.shadow_until for s in held]
-    for s in held:
-        s.shadow_until = None
+    saved = list(cluster.shadow)
+    cluster.shadow[:] = [None] * len(saved)
     try:
         return cluster.fit(res) is not None
     finally:
-        for s, v in zip(held, saved):
-            s.shadow_until = v
+        cluster.shadow[:] = saved
 
 
 def _shapes(index: PendingIndex) -> set[tuple]:

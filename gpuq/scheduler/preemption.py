@@ -33,6 +33,10 @@ def _ran_s(job: Job, now: float) -> float:
     return now - since if since is not None else 0.0
 
 
+def _attained(job: Job, now: float) -> float:
+    return job.attained_gpu_s + (job.spec.resources.gpus or 1) * max(0.0, _ran_s(job, now))
+
+
 def preemptable(job: Job, config: PolicyConfig, now: float) -> bool:
     return (job.spec.checkpointable and job.stop_request is None and job.placement is not None
             and _ran_s(job, now) >= config.min_run_s)
@@ -53,12 +57,35 @@ def plan_preemptions(
     for j in running:
         if j.stop_request is not None and j.stop_request.kind is StopKind.PREEMPT and j.placement:
             cluster.release(j.placement)
-    pool = [j for j in running if preemptable(j, config, now)]
-    if not pool:
-        return []
+    latest_start = now - config.min_run_s
     rank_policy = config.policy in ("las", "srtf")
     skey = static_key_fn(config)
-    rkeys = {j.id: running_key(j, config, now) for j in pool} if rank_policy else {}
+    rkeys: dict[int, tuple] = {}
+    las = config.policy == "las"
+    if las:
+        # no running job can rank below the best waiting one: nothing to do (the common case)
+        best_wait = min(skey(w)[:2] for w in blocked)
+        th = config.las_thresholds_gpu_s
+        bar = th[best_wait[1]] if best_wait[1] < len(th) else math.inf
+    pool = []
+    for j in running:
+        if j.spec.checkpointable and j.stop_request is None and j.placement is not None:
+            since = j.started_at if j.started_at is not None else j.placed_at
+            if since is None or since > latest_start:
+                continue
+            if las and -j.spec.priority == best_wait[0] and \
+                    j.attained_gpu_s + (j.spec.resources.gpus or 1) * (now - since) < bar:
+                continue  # in the same or a better queue than every waiting job
+            pool.append(j)
+    if not pool:
+        return []
+    if rank_policy:
+        rkeys = {j.id: running_key(j, config, now) for j in pool}
+        worst = max(rkeys.values())
+        if all(skey(w)[:2] >= worst for w in blocked):
+            return []  # no running job ranks below any waiting one
+        # worst first: lowest tier, then (las) most GPU time received / (srtf) longest remaining
+        pool.sort(key=lambda j: (rkeys[j.id], _attained(j, now), -j.id), reverse=True)
     out: list[tuple[int, str]] = []
     taken: set[int] = set()
     for waiting in blocked:
@@ -70,8 +97,6 @@ def plan_preemptions(
         if rank_policy:
             wkey = skey(waiting)[:2]
             victims = [j for j in pool if j.id not in taken and rkeys[j.id] > wkey]
-            # worst first: lowest tier, most attained / longest remaining, then latest started
-            victims.sort(key=lambda j: (rkeys[j.id], j.started_at or 0.0), reverse=True)
             why = ("las: job {w} has had less GPU time" if config.policy == "las"
                    else "srtf: job {w} has less time left")
         else:
@@ -98,8 +123,8 @@ def plan_preemptions(
         # hold the freed GPUs for the waiting job, so this cycle's what-ifs do not reuse them
         fit = cluster.fit(res)
         if fit is not None:
-            for s in fit[1]:
-                s.shadow_until = -INF
+            for i in fit[1]:
+                cluster.shadow[i] = -INF
     return out[: max(config.max_preempts_per_cycle, 0)]
 
 
