@@ -214,3 +214,20 @@ def test_queue_survives_daemon_restart(make_daemon, open_tmp):
     d.wait_state(running, "running")
     ids_after = d.submit("--gpus", "0", "--", "true", cwd=open_tmp)
     assert ids_after == max(before) + 1  # ids continue, nothing was reused
+
+
+def test_exit_75_means_requeue_and_the_checkpoint_dir_survives(daemon, open_tmp):
+    script = open_tmp / "ckpt.sh"
+    script.write_text(
+        "#!/bin/sh\n"
+        'echo "run $GPUQ_RESTART_COUNT in $GPUQ_CHECKPOINT_DIR"\n'
+        'if [ -f "$GPUQ_CHECKPOINT_DIR/state" ]; then echo "resumed from $(cat "$GPUQ_CHECKPOINT_DIR/state")"; exit 0; fi\n'
+        'echo step-42 > "$GPUQ_CHECKPOINT_DIR/state"\n'
+        "exit 75\n"
+    )
+    script.chmod(0o755)
+    j = daemon.submit("--gpu-mem", "1GiB", "--", "./ckpt.sh", cwd=open_tmp)
+    job = daemon.wait_state(j, "completed", timeout=30)
+    assert job["requeues"] == 1
+    log = daemon.cli("logs", str(j)).out
+    assert "run 0 in" in log and "run 1 in" in log and "resumed from step-42" in log
