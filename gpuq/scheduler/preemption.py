@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from typing import Mapping, Sequence
 
-from gpuq.jobs.model import Job, StopKind
+from gpuq.jobs.model import Job
 from gpuq.scheduler.config import PolicyConfig
 from gpuq.scheduler.fairshare import ShareState
 from gpuq.scheduler.ordering import running_key, static_key_fn
@@ -53,9 +53,9 @@ def plan_preemptions(
     """(job id, reason) of running jobs to preempt so that waiting ``blocked`` jobs can start."""
     if not config.preemption_on or not blocked or config.max_preempts_per_cycle == 0:
         return []
-    # jobs already stopping for preemption free their GPUs soon: count them as gone
+    # jobs already asked to stop (preempted, requeued, cancelled) free their GPUs soon
     for j in running:
-        if j.stop_request is not None and j.stop_request.kind is StopKind.PREEMPT and j.placement:
+        if j.stop_request is not None and j.placement:
             cluster.release(j.placement)
     latest_start = now - config.min_run_s
     rank_policy = config.policy in ("las", "srtf")
@@ -84,8 +84,9 @@ def plan_preemptions(
         worst = max(rkeys.values())
         if all(skey(w)[:2] >= worst for w in blocked):
             return []  # no running job ranks below any waiting one
-        # worst first: lowest tier, then (las) most GPU time received / (srtf) longest remaining
-        pool.sort(key=lambda j: (rkeys[j.id], _attained(j, now), -j.id), reverse=True)
+        # worst first: lowest tier (las: the deepest queue; srtf: the longest remaining time),
+        # then the latest started, which loses the least progress since its last checkpoint
+        pool.sort(key=lambda j: (rkeys[j.id], j.started_at or 0.0, j.id), reverse=True)
     out: list[tuple[int, str]] = []
     taken: set[int] = set()
     for waiting in blocked:
@@ -93,6 +94,12 @@ def plan_preemptions(
             break
         res = waiting.spec.resources
         if res.gpus == 0:
+            continue
+        room = cluster.fit(res) if res.gpus <= cluster.max_node_gpus else None
+        if room is not None:
+            # it will fit once the stopping jobs are gone: keep that room for it
+            for i in room[1]:
+                cluster.shadow[i] = -INF
             continue
         if rank_policy:
             wkey = skey(waiting)[:2]
