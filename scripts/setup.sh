@@ -29,7 +29,9 @@ fi
 "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
 spec="."
 [ -n "$extras" ] && spec=".[${extras}]"
-"$VENV/bin/python" -m pip install -q --upgrade "$spec" 2>&1 | grep -v "is ignored" || true
+"$VENV/bin/python" -m pip install -q "$spec" 2>&1 | grep -v "is ignored" || true
+# gpuq itself from this checkout, always (same version number, new code)
+"$VENV/bin/python" -m pip install -q --no-deps --force-reinstall . 2>&1 | grep -v "is ignored" || true
 "$VENV/bin/python" -c "import gpuq" || { echo "gpuq setup: install failed" >&2; exit 1; }
 chmod -R a+rX "$VENV"
 echo "$VENV"
