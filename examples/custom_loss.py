@@ -30,12 +30,12 @@ import gpuq.jobs.tf as gq
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--steps", type=int, default=5000)
+    p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--examples", type=int, default=128, help="size of the synthetic data set")
     p.add_argument("--a", type=float, default=1.0, help="cost per unit of over-prediction")
     p.add_argument("--b", type=float, default=10.0, help="cost per unit of under-prediction")
-    p.add_argument("--learning-rate", type=float, default=0.001)
+    p.add_argument("--learning-rate", type=float, default=0.005, help="Adam learning rate (default 0.005)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--checkpoint-dir", default=None, help="default: $GPUQ_CHECKPOINT_DIR, else ./checkpoints")
     p.add_argument("--save-every-steps", type=int, default=1000)

@@ -23,7 +23,7 @@ def _run(script: str, args: list[str], env: dict[str, str], cwd: Path) -> str:
 
 
 def test_digits_classic_reaches_a_sane_accuracy(job_env: Callable[..., dict[str, str]], tmp_path: Path) -> None:
-    env = job_env(limit_mib=1024)
+    env = job_env(limit_mib=1024, workdir=tmp_path)
     out = tmp_path / "metrics.json"
     stdout = _run("digits_classic.py", ["--out", str(out)], env, tmp_path)
     metrics = json.loads(out.read_text())
@@ -39,13 +39,13 @@ def test_digits_classic_reaches_a_sane_accuracy(job_env: Callable[..., dict[str,
 def test_custom_loss_predicts_on_the_expensive_side(job_env: Callable[..., dict[str, str]],
                                                     tmp_path: Path) -> None:
     out = tmp_path / "weights.json"
-    _run("custom_loss.py", ["--out", str(out)], job_env(), tmp_path)
+    _run("custom_loss.py", ["--out", str(out)], job_env(workdir=tmp_path), tmp_path)
     result = json.loads(out.read_text())
     assert all(1.0 < w < 1.1 for w in result["weights"]), result
     assert result["over_prediction_share"] > 0.75, result  # under-prediction costs 10x more
 
 
 def test_tf1_compat_session_gets_the_share(job_env: Callable[..., dict[str, str]], tmp_path: Path) -> None:
-    stdout = _run("tf1_compat.py", [], job_env(limit_mib=2048, total_mib=8192), tmp_path)
+    stdout = _run("tf1_compat.py", [], job_env(limit_mib=2048, total_mib=8192, workdir=tmp_path), tmp_path)
     assert "allow_growth=True per_process_gpu_memory_fraction=0.25" in stdout
     assert "done: step 3000" in stdout

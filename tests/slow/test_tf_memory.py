@@ -55,10 +55,21 @@ except MemoryConfigTooLate as e:
 """
 
 
-def _run(code: str, env: dict[str, str]) -> str:
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done.stdout
+@pytest.fixture(scope="module")
+def outputs(job_env: Callable[..., dict[str, str]], tf_env: dict[str, str]) -> dict[str, str]:
+    """Run the three subprocesses at once: each spends most of its time importing TensorFlow."""
+    runs = {"share": (APPLY, job_env(limit_mib=2048, total_mib=8192)),
+            "whole": (APPLY, job_env(limit_mib=None)),
+            "late": (LATE, tf_env)}
+    procs = {name: subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True)
+             for name, (code, env) in runs.items()}
+    results = {}
+    for name, proc in procs.items():
+        stdout, stderr = proc.communicate(timeout=180)
+        assert proc.returncode == 0, f"{name}: {stdout}{stderr}"
+        results[name] = stdout
+    return results
 
 
 def _result(stdout: str) -> dict:
@@ -66,9 +77,8 @@ def _result(stdout: str) -> dict:
     return json.loads(line[len("RESULT "):])
 
 
-def test_share_from_the_worker_is_applied(job_env: Callable[..., dict[str, str]]) -> None:
-    env = job_env(limit_mib=2048, total_mib=8192)
-    out = _result(_run(APPLY, env))
+def test_share_from_the_worker_is_applied(outputs: dict[str, str]) -> None:
+    out = _result(outputs["share"])
     assert out["plan"] == [2048, 0.25]
     assert out["session"] == {"allow_growth": True, "fraction": 0.25}
     assert out["same_plan_again"] is True
@@ -80,15 +90,14 @@ def test_share_from_the_worker_is_applied(job_env: Callable[..., dict[str, str]]
         assert out["limits_mib"] == [] and out["logical_gpus"] == 0
 
 
-def test_whole_gpu_job_gets_growth_and_no_fraction(job_env: Callable[..., dict[str, str]]) -> None:
-    out = _result(_run(APPLY, job_env(limit_mib=None)))
+def test_whole_gpu_job_gets_growth_and_no_fraction(outputs: dict[str, str]) -> None:
+    out = _result(outputs["whole"])
     assert out["plan"] == [None, None]
     assert out["session"] == {"allow_growth": True, "fraction": 0.0}  # 0 = unset: the whole GPU
     if out["gpus"]:
         assert out["growth"] == [True] * out["gpus"]
 
 
-def test_too_late_gives_a_clear_error(tf_env: dict[str, str]) -> None:
-    stdout = _run(LATE, tf_env)
+def test_too_late_gives_a_clear_error(outputs: dict[str, str]) -> None:
     assert "TOO LATE: configure_gpu_memory() was called after TensorFlow started: move " \
-           "`gpuq.jobs.tf.configure_gpu_memory()` to the top of the script" in stdout
+           "`gpuq.jobs.tf.configure_gpu_memory()` to the top of the script" in outputs["late"]

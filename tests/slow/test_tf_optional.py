@@ -23,7 +23,7 @@ print("plain script done, loss", history.history["loss"][-1])
 
 def test_script_without_the_runtime_runs_under_gpuq(job_env: Callable[..., dict[str, str]],
                                                     tmp_path: Path) -> None:
-    env = job_env(limit_mib=1024)
+    env = job_env(limit_mib=1024, workdir=tmp_path)
     done = subprocess.run([sys.executable, "-c", PLAIN_SCRIPT], env=env, cwd=tmp_path,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
