@@ -205,9 +205,9 @@ def test_progress_reporter_without_a_file_is_a_no_op() -> None:
 
 def test_importing_the_runtime_does_not_import_tensorflow() -> None:
     code = ("import sys, gpuq.jobs.tf as gq, gpuq.jobs.tf.memory, gpuq.jobs.model, gpuq.workers.env; "
-            "gq.memory_plan_from_env({}); print('tensorflow' in sys.modules)")
+            "gq.memory_plan_from_env({}); print('tensorflow' in sys.modules, 'numpy' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
+    assert out.stdout.strip() == "False False"
 
 
 def test_gpu_contract_script_parses() -> None:

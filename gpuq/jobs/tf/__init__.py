@@ -22,13 +22,14 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from gpuq.jobs.tf.data import ShuffledBatches
 from gpuq.jobs.tf.env import (MemoryPlan, checkpoint_dir_from_env, memory_plan_from_env,
                               progress_file_from_env, requeue_exit_code_from_env)
 from gpuq.jobs.tf.progress import ProgressReporter, write_progress_file
 
-#: Names whose modules import TensorFlow; loaded on first use.
+#: Names whose modules import TensorFlow (or numpy); loaded on first use, so that importing this
+#: package needs only the standard library.
 _LAZY = {
+    "ShuffledBatches": "gpuq.jobs.tf.data",
     "configure_gpu_memory": "gpuq.jobs.tf.memory",
     "session_config": "gpuq.jobs.tf.memory",
     "applied_plan": "gpuq.jobs.tf.memory",
