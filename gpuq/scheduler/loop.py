@@ -72,6 +72,19 @@ class SchedulerLoop:
         return plan(world.pending, world.running, world.nodes, world.usage, self.cfg.policy, now,
                     finished=world.finished)
 
+    def release_unclaimed(self, world: World, now: float) -> None:
+        """Placements on a node that went away before a worker claimed them go back to pending.
+        (A started job on a vanished node is left alone: that node reconciles it when it returns.)"""
+        live = {n.node for n in world.nodes}
+        for job in world.running:
+            if job.started_at is None and job.placement is not None and job.placement.node not in live:
+                self.store.update(
+                    job.id,
+                    lambda j: j.transition(JobState.PENDING, end_reason="its node went away before it started")
+                    if j.state is JobState.RUNNING and j.started_at is None else None,
+                    now, event=f"node {job.placement.node} went away before it started: back to pending",
+                )
+
     def apply(self, decisions: Plan, now: float) -> None:
         for start in decisions.starts:
             p = start.placement
@@ -101,6 +114,7 @@ class SchedulerLoop:
     def cycle(self) -> Plan:
         now = self.clock()
         world = self.load(now)
+        self.release_unclaimed(world, now)
         decisions = self.decide(world, now)
         self.apply(decisions, now)
         self.publish(decisions)

@@ -92,8 +92,16 @@ class PendingIndex:
         self._keys: dict[int, tuple] = {}
         #: how many waiting jobs ask for each request shape (gpus, whole, mem_mib, fraction)
         self.shape_counts: dict[tuple, int] = {}
-        for j in jobs:
-            self.add(j)
+        key = self._key
+        for j in {j.id: j for j in jobs}.values():  # bulk load: append, then sort each queue once
+            k = key(j)
+            self.jobs[j.id] = j
+            self._keys[j.id] = k
+            self.queues.setdefault(j.owner.user, []).append(k)
+            shape = _shape(j)
+            self.shape_counts[shape] = self.shape_counts.get(shape, 0) + 1
+        for q in self.queues.values():
+            q.sort()
 
     def matches(self, config: PolicyConfig) -> bool:
         return self.policy == config.policy and self.las_thresholds == config.las_thresholds_gpu_s

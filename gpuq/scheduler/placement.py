@@ -46,6 +46,8 @@ class _Template:
         self.base_idle = [g.mem_used_mib <= idle_mem_mib for g in self.gpu]
         self.base_idle_count = [sum(self.base_idle[i] for i in idxs) for idxs in self.node_slots]
         self.max_node_gpus = max((len(x) for x in self.node_slots), default=0)
+        #: GPUs that something outside gpuq uses (never idle; shared jobs may still fit)
+        self.foreign = [i for i, idle in enumerate(self.base_idle) if not idle]
 
 
 _TEMPLATES: dict[tuple, tuple[tuple, _Template]] = {}
@@ -175,6 +177,8 @@ class Cluster:
         """Choose ``res.gpus`` GPUs on one node for ``res``: (node, GPU numbers) or None."""
         g = res.gpus
         t = self.t
+        if g == 1 and not res.whole_gpus and only_node is None:
+            return self._fit_one_shared(res, end_at, packing)
         best: tuple | None = None
         for k, idxs in enumerate(t.node_slots):
             if only_node is not None and t.names[k] != only_node:
@@ -206,6 +210,34 @@ class Cluster:
             if best is None or rank < best[0]:
                 best = (rank, k, chosen)
         return None if best is None else (t.names[best[1]], best[2])
+
+    def _fit_one_shared(self, res: Resources, end_at: float, packing: str) -> tuple[str, list[int]] | None:
+        """One GPU for a shared job without scanning every GPU: GPUs already shared (or used
+        outside gpuq) first, least memory left over (best) or lowest number (first); else an idle GPU."""
+        t = self.t
+        best: tuple | None = None
+        for i in self.partial.union(t.foreign):
+            if self.fits(i, res, end_at):
+                rank = (i,) if packing == "first" else (self.free_mib(i) - res.request_mib(t.total[i]), i)
+                if best is None or rank < best:
+                    best = rank
+        if best is None:
+            for k, idxs in enumerate(t.node_slots):
+                if not self.idle_count[k]:
+                    continue
+                for i in idxs:
+                    if self.is_idle(i) and self.usable(i, end_at) and t.total[i] >= res.request_mib(t.total[i]):
+                        rank = (i,) if packing == "first" else (t.total[i] - res.request_mib(t.total[i]), i)
+                        if best is None or rank < best:
+                            best = rank
+                        if packing == "first":
+                            break
+                if packing == "first" and best is not None:
+                    break
+        if best is None:
+            return None
+        i = best[-1]
+        return t.names[t.node_of[i]], [i]
 
     def fit_gang(self, res: Resources, end_at: float = INF) -> tuple[str, list[int]] | None:
         """Whole GPUs spread over several nodes (fullest-idle nodes first) for a job wider than any node."""

@@ -128,6 +128,7 @@ def plan(
     backfill = config.backfill_on
     failed: dict[tuple, str] = {}  # (shape, may use held GPUs) -> why it did not fit
     never: dict[tuple, str | None] = {}
+    held_cache: dict[tuple, bool] = {}  # (shape, may use held GPUs) -> blocked only by the hold
     waiting_ahead = 0
     want_preempt = config.preemption_on
     present_shapes = None if explain else _shapes(index)
@@ -204,12 +205,14 @@ def plan(
             if explain:
                 reasons[job.id] = why + (_expected(shadow, now) if shadow is not None else "")
         elif explain:
-            ahead = f"; {_n_ahead(waiting_ahead, phrase)}" if waiting_ahead else ""
-            if cluster.fit(res, INF, config.packing) is None and _fits_ignoring_hold(cluster, res):
+            held_for = held_cache.get(fkey)
+            if held_for is None:
+                held_for = held_cache[fkey] = _fits_ignoring_hold(cluster, res)
+            if held_for:
                 reasons[job.id] = (f"priority: {_n_ahead(waiting_ahead, phrase)}; the free GPUs are held "
                                    f"for job {head.id}" + _expected(shadow, now))
             else:
-                reasons[job.id] = why + ahead
+                reasons[job.id] = why + (f"; {_n_ahead(waiting_ahead, phrase)}" if waiting_ahead else "")
         waiting_ahead += 1
 
     if explain:
