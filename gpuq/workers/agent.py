@@ -34,6 +34,7 @@ class NodeAgent:
         self.clock = clock
         self.workers: list[subprocess.Popen] = []
         self._last_used: tuple[int, ...] | None = None
+        self.stopping = False
 
     # ---- what runs here -----------------------------------------------------------------------
 
@@ -44,6 +45,8 @@ class NodeAgent:
     # ---- each tick ----------------------------------------------------------------------------
 
     def tick(self) -> None:
+        if self.stopping:
+            return
         now = self.clock()
         mine = self.my_running()
         sessions = {j.pid: (j.id, j.owner.user) for j in mine if j.pid}
@@ -101,6 +104,8 @@ class NodeAgent:
     def shutdown(self, grace_s: float) -> None:
         """Stop this node's jobs (they go back to pending), then the workers."""
         now = self.clock()
+        self.store.drop_node(self.cfg.node)  # nothing new is placed here from now on
+        self.stopping = True
         for job in self.my_running():
             if job.started_at is None:
                 self.store.update(job.id, lambda j: j.transition(JobState.PENDING, end_reason="daemon stopped before it started")
