@@ -56,6 +56,9 @@ def main() -> int:
     run = gq.TrainingRun(total_steps=args.steps, model=model, optimizer=optimizer, seed=args.seed,
                          checkpoint_dir=args.checkpoint_dir, save_every_steps=args.save_every_steps,
                          save_every_s=None, steps_per_epoch=batches.steps_per_epoch)
+    averages = [v for v in optimizer.variables if v.path.endswith("_average")]  # the EMA (built by now)
+    if not averages:
+        raise SystemExit("use_ema=True should give the optimizer moving-average variables")
 
     @tf.function
     def train_step(xb: tf.Tensor, yb: tf.Tensor) -> tf.Tensor:
@@ -71,8 +74,7 @@ def main() -> int:
         return {
             "kind": kind, "step": step, "iterations": int(optimizer.iterations.numpy()),
             "lr": float(schedule(optimizer.iterations)),
-            "ema_sum": float(sum(np.sum(v.numpy(), dtype=np.float64)
-                                 for v in optimizer._model_variables_moving_average)),
+            "ema_sum": float(sum(np.sum(v.numpy(), dtype=np.float64) for v in averages)),
             "weights_sum": float(sum(np.sum(v.numpy(), dtype=np.float64) for v in model.trainable_variables)),
             "rng_state": run.rng.state.numpy().tolist(), "seed_states": seed_states,
         }
@@ -89,7 +91,7 @@ def main() -> int:
         run.finish()
     np.savez(args.out,
              **{f"w{i}": v.numpy() for i, v in enumerate(model.trainable_variables)},
-             **{f"ema{i}": v.numpy() for i, v in enumerate(optimizer._model_variables_moving_average)},
+             **{f"ema{i}": v.numpy() for i, v in enumerate(averages)},
              iterations=optimizer.iterations.numpy())
     return 0
 
