@@ -1,0 +1,99 @@
+"""TrainingRun's own behaviour: progress while running, time-based saves, a mismatched checkpoint.
+
+One subprocess runs all the scenarios (TensorFlow takes seconds to import) and prints one JSON
+line that the tests below read.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+SCENARIOS = r"""
+import json, os, sys, time
+import gpuq.jobs.tf as gq
+from gpuq.errors import CheckpointError
+gq.configure_gpu_memory(quiet=True)
+import keras
+
+root = sys.argv[1]
+out = {}
+
+def model_of(width):
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(width)])
+    return model, keras.optimizers.SGD(0.1)
+
+# Progress while running, under the job environment (GPUQ_PROGRESS_FILE is set).
+model, opt = model_of(4)
+run = gq.TrainingRun(total_steps=40, model=model, optimizer=opt, checkpoint_dir=os.path.join(root, "a"),
+                     steps_per_epoch=10, save_every_steps=None, save_every_s=0.2)
+latest_seen = set()
+for step in run.steps():
+    run.report_loss(float(step) / 10)
+    time.sleep(0.03)
+    if run.manager.latest_checkpoint:
+        latest_seen.add(run.manager.latest_checkpoint)
+    if step == 30:
+        with open(os.environ["GPUQ_PROGRESS_FILE"]) as f:
+            out["progress_mid_run"] = json.load(f)
+run.finish()
+with open(os.environ["GPUQ_PROGRESS_FILE"]) as f:
+    out["progress_end"] = json.load(f)
+out["time_based_saves"] = len(latest_seen)
+
+# The same directory, a different model: refused with a domain error.
+other, other_opt = model_of(7)
+try:
+    gq.TrainingRun(total_steps=40, model=other, optimizer=other_opt, checkpoint_dir=os.path.join(root, "a"),
+                   handle_sigterm=False)
+    out["mismatch"] = None
+except CheckpointError as e:
+    out["mismatch"] = str(e)
+
+# No model at all: only the step counter and run.rng are checkpointed.
+bare = gq.TrainingRun(total_steps=3, checkpoint_dir=os.path.join(root, "b"))
+draws = [float(bare.rng.uniform(())) for _ in bare.steps()]
+bare.finish()
+again = gq.TrainingRun(total_steps=3, checkpoint_dir=os.path.join(root, "b"))
+out["bare"] = {"draws": len(draws), "resumed_at": again.start_step, "left": len(list(again.steps()))}
+print("RESULT " + json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def result(job_env: Callable[..., dict[str, str]], tmp_path_factory: pytest.TempPathFactory) -> dict:
+    workdir = tmp_path_factory.mktemp("runtime")
+    done = subprocess.run([sys.executable, "-c", SCENARIOS, str(workdir)], env=job_env(workdir=workdir),
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stdout + done.stderr
+    line = next(line for line in done.stdout.splitlines() if line.startswith("RESULT "))
+    return json.loads(line[len("RESULT "):])
+
+
+def test_progress_is_reported_while_running(result: dict) -> None:
+    mid = result["progress_mid_run"]
+    assert 0 < mid["step"] <= 31 and mid["total"] == 40
+    assert mid["epoch"] == mid["step"] // 10
+    assert mid["loss"] is not None and mid["eta_s"] is not None and mid["eta_s"] > 0
+    end = result["progress_end"]
+    assert (end["step"], end["total"], end["epoch"], end["loss"]) == (40, 40, 4, 3.9)
+
+
+def test_checkpoints_are_written_by_time_too(result: dict) -> None:
+    assert result["time_based_saves"] >= 2  # save_every_steps=None: only the 0.2 s clock saved
+
+
+def test_a_checkpoint_of_another_model_is_a_clear_error(result: dict) -> None:
+    assert "does not match this model" in result["mismatch"]
+    assert "delete the old checkpoints" in result["mismatch"]
+
+
+def test_a_run_without_a_model_still_checkpoints_its_step(result: dict) -> None:
+    assert result["bare"] == {"draws": 3, "resumed_at": 3, "left": 0}
