@@ -17,7 +17,7 @@ import pytest
 pytestmark = pytest.mark.slow
 
 SCENARIOS = r"""
-import json, os, sys, time
+import json, os, signal, sys, time
 import gpuq.jobs.tf as gq
 from gpuq.errors import CheckpointError
 gq.configure_gpu_memory(quiet=True)
@@ -51,11 +51,11 @@ out["time_based_saves"] = len(latest_seen)
 # The same directory, a different model: refused with a domain error.
 other, other_opt = model_of(7)
 try:
-    gq.TrainingRun(total_steps=40, model=other, optimizer=other_opt, checkpoint_dir=os.path.join(root, "a"),
-                   handle_sigterm=False)
+    gq.TrainingRun(total_steps=40, model=other, optimizer=other_opt, checkpoint_dir=os.path.join(root, "a"))
     out["mismatch"] = None
 except CheckpointError as e:
     out["mismatch"] = str(e)
+out["sigterm_default_again"] = signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
 
 # No model at all: only the step counter and run.rng are checkpointed.
 bare = gq.TrainingRun(total_steps=3, checkpoint_dir=os.path.join(root, "b"))
@@ -93,6 +93,7 @@ def test_checkpoints_are_written_by_time_too(result: dict) -> None:
 def test_a_checkpoint_of_another_model_is_a_clear_error(result: dict) -> None:
     assert "does not match this model" in result["mismatch"]
     assert "delete the old checkpoints" in result["mismatch"]
+    assert result["sigterm_default_again"]  # the failed run does not leave SIGTERM swallowed
 
 
 def test_a_run_without_a_model_still_checkpoints_its_step(result: dict) -> None:

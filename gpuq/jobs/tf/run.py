@@ -57,19 +57,31 @@ class TrainingRun:
         self._log = log if log is not None else sys.stdout
         self._stop_signal: int | None = None
         self._previous_handler: Any = None
-        if handle_sigterm:
-            self._previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
         self._warn_if_memory_not_configured()
-
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="gpuq_step")
         self.rng = tf.random.Generator.from_seed(seed)
+        self.checkpoint = tf.train.Checkpoint(**self._checkpoint_objects(model, optimizer, extra))
+        self.manager = tf.train.CheckpointManager(self.checkpoint, self.directory, max_to_keep=max_to_keep)
+        if handle_sigterm:  # from here on a SIGTERM means "save and exit 75", even during the restore
+            self._previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
+        try:
+            self.start_step = self._restore()
+        except BaseException:
+            self.close()
+            raise
+        self._last_saved_step = self.start_step if self.manager.latest_checkpoint else -1
+        self._last_save_s = time.monotonic()
+        self._loss: Any = None
+        self.progress = ProgressReporter(progress_file_from_env(), total_steps, start_step=self.start_step)
+
+    def _checkpoint_objects(self, model: Any, optimizer: Any, extra: Mapping[str, Any] | None) -> dict[str, Any]:
         objects: dict[str, Any] = {"step": self.step, "rng": self.rng}
         if model is not None:
             if not model.built:
                 raise InvalidInput("build the model before TrainingRun (call it on a batch, or give "
                                    "keras.Input as its first layer) so its weights exist to restore.")
             objects["model"] = model
-            objects["model_state"] = list(model.non_trainable_variables)
+            objects["model_state"] = list(model.non_trainable_variables)  # includes Keras seed generators
         if optimizer is not None:
             if not optimizer.built:
                 if model is None:
@@ -81,13 +93,7 @@ class TrainingRun:
             if name in objects:
                 raise InvalidInput(f"extra checkpoint entry {name!r} clashes with the runtime's own.")
             objects[name] = obj
-        self.checkpoint = tf.train.Checkpoint(**objects)
-        self.manager = tf.train.CheckpointManager(self.checkpoint, self.directory, max_to_keep=max_to_keep)
-        self.start_step = self._restore()
-        self._last_saved_step = self.start_step if self.manager.latest_checkpoint else -1
-        self._last_save_s = time.monotonic()
-        self._loss: Any = None
-        self.progress = ProgressReporter(progress_file_from_env(), total_steps, start_step=self.start_step)
+        return objects
 
     # ---- public ------------------------------------------------------------------------------
 
