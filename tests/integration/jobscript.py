@@ -20,6 +20,9 @@ rec = {
     "start": time.time(),
 }
 print(f"job {rec['job']} sees CUDA_VISIBLE_DEVICES={rec['cvd']}", flush=True)
+gate = os.environ.get("JOB_GATE")  # wait until the test creates this file (no timing races)
+while gate and not os.path.exists(gate):
+    time.sleep(0.05)
 if mib:
     from gpuq.workers.simgpu import Claim, write_claim
 

@@ -27,8 +27,11 @@ def test_two_nodes_share_one_queue(make_daemon, redis_server, open_tmp):
     assert "node-a:0" in a.cli("status").out  # the GPU table names the node when there are several
 
     shutil.copy(HERE / "jobscript.py", open_tmp / "jobscript.py")
-    j1 = a.submit("jobscript.py", "r1.json", "2", cwd=open_tmp)
-    j2 = b.submit("jobscript.py", "r2.json", "2", cwd=open_tmp)  # submitted through the other node
+    j1 = a.submit("jobscript.py", "r1.json", "0.2", cwd=open_tmp, env={"JOB_GATE": "go"})
+    j2 = b.submit("jobscript.py", "r2.json", "0.2", cwd=open_tmp, env={"JOB_GATE": "go"})  # via the other node
+    a.wait_state(j1, "running")
+    a.wait_state(j2, "running")
+    (open_tmp / "go").touch()
     for j in (j1, j2):
         a.wait_state(j, "completed", timeout=60)
     r1 = json.loads((open_tmp / "r1.json").read_text())

@@ -31,15 +31,18 @@ def test_jobs_that_cannot_all_fit_run_in_order_on_the_right_gpus(daemon, open_tm
     uuids = [g["uuid"] for g in st["nodes"][0]["gpus"]]
     assert all("SIMULATED" in u for u in uuids)
 
-    j1 = daemon.submit("--gpus", "2", "jobscript.py", "r1.json", "1.5", cwd=open_tmp)
+    j1 = daemon.submit("--gpus", "2", "jobscript.py", "r1.json", "0.5", cwd=open_tmp, env={"JOB_GATE": "go"})
     j2 = daemon.submit("--gpu-mem", "16GiB", "jobscript.py", "r2.json", "1.5", cwd=open_tmp)
     j3 = daemon.submit("--gpu-mem", "16GiB", "jobscript.py", "r3.json", "1.5", cwd=open_tmp)
     j4 = daemon.submit("--gpu-mem", "10GiB", "jobscript.py", "r4.json", "0.5", cwd=open_tmp)
 
-    time.sleep(0.5)
-    pending = daemon.job(j4)
-    assert pending["state"] == "pending"
-    assert "GiB" in pending["reason"] or "ahead" in pending["reason"], pending["reason"]
+    daemon.wait_state(j1, "running")
+    time.sleep(1.5)  # a few scheduling cycles
+    for j in (j2, j3, j4):
+        pending = daemon.job(j)
+        assert pending["state"] == "pending", pending
+        assert pending["reason"], pending
+    (open_tmp / "go").touch()
 
     for j in (j1, j2, j3, j4):
         daemon.wait_state(j, "completed", timeout=60)
@@ -137,7 +140,7 @@ def test_cancel_running_job_leaves_nothing_of_its_process_group(daemon, open_tmp
 
 def test_cancel_pending_hold_release_and_after(daemon, open_tmp):
     _script(open_tmp)
-    blocker = daemon.submit("--gpus", "2", "jobscript.py", "b.json", "3", cwd=open_tmp)
+    blocker = daemon.submit("--gpus", "2", "jobscript.py", "b.json", "0.1", cwd=open_tmp, env={"JOB_GATE": "go"})
     daemon.wait_state(blocker, "running")
     p1 = daemon.submit("jobscript.py", "p1.json", "0.1", cwd=open_tmp)
     p2 = daemon.submit("jobscript.py", "p2.json", "0.1", cwd=open_tmp)
@@ -150,6 +153,7 @@ def test_cancel_pending_hold_release_and_after(daemon, open_tmp):
     assert daemon.job(p2)["reason"] == "held"
     assert daemon.job(dep)["reason"] == f"after job {p2}"
     assert daemon.cli("release", str(p2)).rc == 0
+    (open_tmp / "go").touch()
     daemon.wait_state(blocker, "completed")
     daemon.wait_state(dep, "completed")
     assert _rec(open_tmp, "d.json")["start"] >= _rec(open_tmp, "p2.json")["end"]
