@@ -49,3 +49,27 @@ def test_tf1_compat_session_gets_the_share(job_env: Callable[..., dict[str, str]
     stdout = _run("tf1_compat.py", [], job_env(limit_mib=2048, total_mib=8192, workdir=tmp_path), tmp_path)
     assert "allow_growth=True per_process_gpu_memory_fraction=0.25" in stdout
     assert "done: step 3000" in stdout
+
+
+def test_mnist_files_are_read_in_the_classic_format(tmp_path: Path) -> None:
+    """--mnist-dir reads the four idx files (tiny fakes here; the real ones are not shipped)."""
+    import gzip
+    import importlib.util
+    import struct
+
+    import numpy as np
+
+    def write(name: str, header: bytes, payload: np.ndarray) -> None:
+        with gzip.open(tmp_path / name, "wb") as f:
+            f.write(header + payload.astype(np.uint8).tobytes())
+
+    images = np.arange(3 * 784).reshape(3, 784) % 256
+    for prefix in ("train", "t10k"):
+        write(f"{prefix}-images-idx3-ubyte.gz", struct.pack(">IIII", 0x803, 3, 28, 28), images)
+        write(f"{prefix}-labels-idx1-ubyte.gz", struct.pack(">II", 0x801, 3), np.array([7, 2, 1]))
+    spec = importlib.util.spec_from_file_location("digits_classic", EXAMPLES / "digits_classic.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # imports numpy and gpuq.jobs.tf only; TensorFlow loads in main()
+    x_train, y_train, x_test, y_test = module.load_mnist(str(tmp_path))
+    assert x_train.shape == x_test.shape == (3, 784) and x_train.dtype == np.float32
+    assert float(x_train.max()) == 1.0 and y_train.tolist() == y_test.tolist() == [7, 2, 1]
