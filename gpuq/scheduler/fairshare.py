@@ -59,7 +59,7 @@ def job_gpu_equiv(job: Job) -> float:
     res = job.spec.resources
     if p is None or not p.gpu_uuids:
         return float(res.gpus)
-    if res.whole_gpus:
+    if res.exclusive or (res.mem_mib is None and res.fraction is None):
         return float(len(p.gpu_uuids))
     return sum(min(1.0, r / t) if t else 1.0 for r, t in zip(p.reserved_mib, p.gpu_total_mib))
 
@@ -67,13 +67,16 @@ def job_gpu_equiv(job: Job) -> float:
 def ongoing_usage(running: Iterable[Job], now: float, half_life_s: float) -> dict[str, float]:
     """Decayed GPU-seconds of the runs now in progress, per user (not yet in the records)."""
     out: dict[str, float] = {}
+    scale = half_life_s / LN2
+    rate = -LN2 / half_life_s
+    exp = math.exp
     for job in running:
         since = job.started_at if job.started_at is not None else job.placed_at
-        if since is None:
+        if since is None or since >= now:
             continue
-        u = run_usage_gpu_s(job_gpu_equiv(job), since, now, half_life_s)
-        if u:
-            out[job.owner.user] = out.get(job.owner.user, 0.0) + u
+        u = job_gpu_equiv(job) * scale * (1.0 - exp(rate * (now - since)))  # = run_usage_gpu_s
+        user = job.owner.user
+        out[user] = out.get(user, 0.0) + u
     return out
 
 
@@ -98,10 +101,12 @@ def usage_values(usage: Mapping[str, Any], now: float, half_life_s: float) -> di
     """Accept records (dicts) or already-decayed floats; return decayed GPU-seconds per user."""
     out: dict[str, float] = {}
     for user, v in usage.items():
-        if isinstance(v, Mapping):
-            out[user] = decayed_usage(v, now, half_life_s)
+        if isinstance(v, (int, float)):
+            out[user] = float(v)
+        elif v is None:
+            out[user] = 0.0
         else:
-            out[user] = float(v or 0.0)
+            out[user] = decayed_usage(v, now, half_life_s)
     return out
 
 

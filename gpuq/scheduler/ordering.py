@@ -89,6 +89,7 @@ class PendingIndex:
         self._key = static_key_fn(config)
         self.jobs: dict[int, Job] = {}
         self.queues: dict[str, list[tuple]] = {}
+        self.groups: dict[str, tuple[int, ...]] = {}  # each waiting user's groups (for shares)
         self._keys: dict[int, tuple] = {}
         #: how many waiting jobs ask for each request shape (gpus, whole, mem_mib, fraction)
         self.shape_counts: dict[tuple, int] = {}
@@ -98,6 +99,7 @@ class PendingIndex:
             self.jobs[j.id] = j
             self._keys[j.id] = k
             self.queues.setdefault(j.owner.user, []).append(k)
+            self.groups[j.owner.user] = j.owner.groups
             shape = _shape(j)
             self.shape_counts[shape] = self.shape_counts.get(shape, 0) + 1
         for q in self.queues.values():
@@ -115,6 +117,7 @@ class PendingIndex:
         shape = _shape(job)
         self.shape_counts[shape] = self.shape_counts.get(shape, 0) + 1
         q = self.queues.setdefault(job.owner.user, [])
+        self.groups[job.owner.user] = job.owner.groups
         if not q or q[-1] < key:
             q.append(key)
         else:
@@ -134,6 +137,7 @@ class PendingIndex:
         del q[i]
         if not q:
             del self.queues[job.owner.user]
+            del self.groups[job.owner.user]
         return job
 
     def __len__(self) -> int:

@@ -48,6 +48,17 @@ class _Template:
         self.max_node_gpus = max((len(x) for x in self.node_slots), default=0)
         #: GPUs that something outside gpuq uses (never idle; shared jobs may still fit)
         self.foreign = [i for i, idle in enumerate(self.base_idle) if not idle]
+        #: GPU numbers of a placement's UUIDs (placements repeat from cycle to cycle)
+        self.idx_cache: dict[tuple[str, ...], tuple[int, ...]] = {}
+
+    def indices(self, uuids: tuple[str, ...]) -> tuple[int, ...]:
+        got = self.idx_cache.get(uuids)
+        if got is None:
+            got = tuple(self.uuid_idx.get(u, -1) for u in uuids)
+            if len(self.idx_cache) > 100000:
+                self.idx_cache.clear()
+            self.idx_cache[uuids] = got
+        return got
 
 
 _TEMPLATES: dict[tuple, tuple[tuple, _Template]] = {}
@@ -93,9 +104,8 @@ class Cluster:
             else:
                 end = end_of(job)
                 self.bounded_running += 1
-            for uuid, mib in zip(p.gpu_uuids, p.reserved_mib):
-                i = uuid_idx.get(uuid)
-                if i is None:
+            for i, mib in zip(t.indices(p.gpu_uuids), p.reserved_mib):
+                if i < 0:
                     continue
                 if holders[i] == 0 and reserved[i] == 0 and base_idle[i]:
                     idle_count[node_of[i]] -= 1

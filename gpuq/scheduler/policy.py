@@ -70,8 +70,13 @@ def fairshare_states(pending: Sequence[Job] | PendingIndex, running: Sequence[Jo
     values = usage_values(usage, now, config.half_life_s)
     for user, gpu_s in ongoing_usage(running, now, config.half_life_s).items():
         values[user] = values.get(user, 0.0) + gpu_s
-    active: dict[str, tuple[int, ...]] = {}
-    for j in list(pending) + list(running):
+    if isinstance(pending, PendingIndex):
+        active = dict(pending.groups)
+    else:
+        active = {}
+        for j in pending:
+            active.setdefault(j.owner.user, j.owner.groups)
+    for j in running:
         active.setdefault(j.owner.user, j.owner.groups)
     return share_states(active, values, config.share_for)
 
@@ -126,7 +131,7 @@ def plan(
     head: Job | None = None
     shadow: float | None = None
     backfill = config.backfill_on
-    failed: dict[tuple, str] = {}  # (shape, may use held GPUs) -> why it did not fit
+    failed = _Failures(cluster.max_node_gpus)  # request shapes that did not fit this cycle
     never: dict[tuple, str | None] = {}
     held_cache: dict[tuple, bool] = {}  # (shape, may use held GPUs) -> blocked only by the hold
     waiting_ahead = 0
@@ -137,7 +142,7 @@ def plan(
     for job, _score in index.ordered(score_of_user, config, now):
         if not explain and not (want_preempt and len(blocked) < PREEMPT_CANDIDATES):
             if (head is not None and not backfill) or not cluster.could_fit_anything() or \
-                    _all_failed(present_shapes, failed, never, shadow):
+                    failed.covers_all(present_shapes, never, shadow):
                 break
         if job.state is JobState.HELD:
             reasons[job.id] = "held"
@@ -179,9 +184,7 @@ def plan(
         end_at = now + max(remaining_s(job), 0.0) if tl is not None else INF
         may_use_held = shadow is not None and end_at <= shadow < INF
         fkey = (shape, may_use_held)
-        why = failed.get(fkey)
-        if why is None and (shape, True) in failed:
-            why = failed[(shape, True)]
+        why = failed.get(shape, may_use_held)
         if why is None:
             if res.gpus > cluster.max_node_gpus:
                 choice = cluster.fit_gang(res, end_at)
@@ -194,7 +197,8 @@ def plan(
                 starts.append(Start(job.id, placement))
                 user_gpus[user] = used + res.gpus
                 continue
-            why = failed[fkey] = cluster.why_not(res) if explain else "-"
+            why = cluster.why_not(res) if explain else "-"
+            failed.add(shape, may_use_held, why)
         blocked.append(job)
         if head is None:
             head = job
@@ -259,16 +263,56 @@ def _shapes(index: PendingIndex) -> set[tuple]:
     return {shape_of(j.spec.resources) for j in index}
 
 
-def _all_failed(shapes: set[tuple] | None, failed: Mapping[tuple, str], never: Mapping[tuple, str | None],
-                shadow: float | None) -> bool:
-    """True when every kind of request still waiting has already failed to fit this cycle."""
-    if not shapes or not failed:
-        return False
-    held_usable = shadow is not None and shadow < INF
-    for s in shapes:
-        if (s, True) in failed or never.get(s):
-            continue
-        if (s, False) in failed and not held_usable:
-            continue
-        return False
-    return True
+class _Failures:
+    """Request shapes that failed to fit this cycle.  Free GPUs only shrink during a cycle, so a
+    failure stays true; and a whole-GPU request of g GPUs that failed means every whole-GPU
+    request of at least g GPUs fails too (on one node, or across nodes for gang jobs)."""
+
+    def __init__(self, max_node_gpus: int) -> None:
+        self.max_node = max_node_gpus
+        self.exact: dict[tuple, str] = {}  # (shape, may use held GPUs) -> why
+        self.whole: dict[tuple[bool, bool], tuple[int, str]] = {}  # (gang?, may use held) -> (least g, why)
+
+    def add(self, shape: tuple, held: bool, why: str) -> None:
+        self.exact[(shape, held)] = why
+        g, whole = shape[0], shape[1]
+        if whole:
+            k = (g > self.max_node, held)
+            if k not in self.whole or g < self.whole[k][0]:
+                self.whole[k] = (g, why)
+
+    def get(self, shape: tuple, held: bool) -> str | None:
+        """Why a request of this shape cannot fit (None: try it).  A failure of a request that
+        could use held GPUs also holds for one that cannot, not the other way round."""
+        classes = (True,) if held else (True, False)
+        for h in classes:
+            why = self.exact.get((shape, h))
+            if why is not None:
+                return why
+        if shape[1]:
+            gang = shape[0] > self.max_node
+            for h in classes:
+                got = self.whole.get((gang, h))
+                if got is not None and shape[0] >= got[0]:
+                    return got[1] if got[0] == shape[0] else _wider(got[1], shape[0])
+        return None
+
+    def covers_all(self, shapes: set[tuple] | None, never: Mapping[tuple, str | None], shadow: float | None) -> bool:
+        """True when every kind of request still waiting has already failed to fit this cycle."""
+        if not shapes or not self.exact:
+            return False
+        held_usable = shadow is not None and shadow < INF
+        for s in shapes:
+            if never.get(s) or self.get(s, True) is not None:
+                continue
+            if not held_usable and self.get(s, False) is not None:
+                continue
+            return False
+        return True
+
+
+def _wider(why: str, gpus: int) -> str:
+    """Reuse the reason of a narrower whole-GPU request for a wider one."""
+    import re
+
+    return re.sub(r"^needs \d+ GPUs?", f"needs {gpus} GPUs", why)
