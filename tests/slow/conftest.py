@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def _require_tensorflow() -> None:
     if importlib.util.find_spec("tensorflow") is None:  # find, not import: the test process stays light
-        pytest.skip("TensorFlow is not installed: pip install 'gpuq[tf]'")
+        pytest.fail("TensorFlow is not installed: pip install 'gpuq[tf]' (the slow tests need it; they do not skip)")
 
 
 def _passthrough() -> dict[str, str]:
