@@ -28,6 +28,11 @@ def node(name: str) -> str:
     return f"{PREFIX}node:{name}"
 
 
+def node_running(name: str) -> str:
+    """Set of ids of the jobs placed on a node (maintained with every job update)."""
+    return f"{PREFIX}node:{name}:running"
+
+
 def rq_queue_name(node_name: str) -> str:
     """The RQ queue that a node's workers serve."""
     return f"gpuq-node-{node_name}"

@@ -110,6 +110,12 @@ class Store:
             ids = sorted(int(i) for i in self.r.smembers(keys.ACTIVE))
         return self.get_many(ids)
 
+    def running_on(self, node: str) -> list[Job]:
+        """The jobs placed on ``node`` (read from a per-node index, not the whole queue)."""
+        with _wrap("reading the node's jobs"):
+            ids = sorted(int(i) for i in self.r.smembers(keys.node_running(node)))
+        return [j for j in self.get_many(ids) if j.placement is not None and j.placement.node == node]
+
     def finished_jobs(self, limit: int = 200) -> list[Job]:
         with _wrap("reading finished jobs"):
             ids = [int(i) for i in self.r.zrevrange(keys.FINISHED, 0, limit - 1)]
@@ -125,10 +131,12 @@ class Store:
         now: float,
         event: str | Callable[[Job], str] | None = None,
         also: Callable[[Pipeline, Job], None] | None = None,
+        wake: bool = True,
     ) -> Job | None:
         """Apply ``change`` to the stored job atomically; returns the new job, or None when
         ``change`` returned None (nothing to do).  ``also`` adds commands to the same
-        transaction (used to enqueue the RQ job together with the placement)."""
+        transaction (used to enqueue the RQ job together with the placement).  ``wake=False``
+        does not wake the scheduler (for the scheduler's own changes)."""
         key = keys.job(job_id)
         with _wrap("updating a job"):
             with self.r.pipeline(transaction=True) as pipe:
@@ -148,7 +156,14 @@ class Store:
                             pipe.srem(keys.ACTIVE, job_id)
                             pipe.zadd(keys.FINISHED, {str(job_id): new.ended_at or now})
                             pipe.hdel(keys.REASONS, job_id)
-                        if new.state is not old.state or new.stop_request != old.stop_request:
+                        old_node = old.placement.node if old.placement is not None else None
+                        new_node = new.placement.node if new.placement is not None else None
+                        if old_node != new_node:
+                            if old_node is not None:
+                                pipe.srem(keys.node_running(old_node), job_id)
+                            if new_node is not None:
+                                pipe.sadd(keys.node_running(new_node), job_id)
+                        if wake and (new.state is not old.state or new.stop_request != old.stop_request):
                             pipe.lpush(keys.WAKE, "update")
                         text = event(new) if callable(event) else event
                         if text:

@@ -186,8 +186,9 @@ class Service:
 
     # ---- read ---------------------------------------------------------------------------------
 
-    def _public(self, job: Job, caller: Caller, now: float, reasons: Mapping[int, str] | None = None) -> dict[str, Any]:
-        d = job.to_dict(with_env=caller.is_root or caller.uid == job.owner.uid)
+    def _public(self, job: Job, caller: Caller, now: float, reasons: Mapping[int, str] | None = None,
+                with_env: bool = True) -> dict[str, Any]:
+        d = job.to_dict(with_env=with_env and (caller.is_root or caller.uid == job.owner.uid))
         d["display_name"] = job.display_name
         if job.state is JobState.RUNNING and job.started_at is not None:
             d["elapsed_s"] = now - job.started_at
@@ -220,7 +221,7 @@ class Service:
             node_dicts.append(d)
         return {
             "now": now,
-            "jobs": [self._public(j, caller, now, reasons) for j in jobs],
+            "jobs": [self._public(j, caller, now, reasons, with_env=False) for j in jobs],  # env: GET /v1/jobs/ID
             "nodes": node_dicts,
             "leader": self.store.leader(),
         }

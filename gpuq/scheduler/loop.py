@@ -56,6 +56,8 @@ class SchedulerLoop:
         self.on_placed = on_placed  # told the node of each placement (the local agent readies a worker)
         self.on_wake = on_wake  # told of each wake-up (a job ended: the local agent re-probes at once)
         self.half_life_s = float(getattr(cfg.policy, "half_life_s", usage_mod.DEFAULT_HALF_LIFE_S))
+        self._published_reasons: dict[int, str] | None = None
+        self._published_config = False
 
     def load(self, now: float) -> World:
         jobs = self.store.active_jobs()
@@ -96,7 +98,7 @@ class SchedulerLoop:
 
             gpus = ",".join(str(i) for i in p.gpu_indices) or "none"
             placed = self.store.update(start.job_id, change, now, event=f"placed on {p.node} GPUs {gpus}",
-                                       also=lambda pipe, job: enqueue_placement(self.store, job, pipe))
+                                       also=lambda pipe, job: enqueue_placement(self.store, job, pipe), wake=False)
             if placed is not None and self.on_placed is not None:
                 self.on_placed(p.node)
         for pre in decisions.preempts:
@@ -108,8 +110,16 @@ class SchedulerLoop:
             self.store.update(pre.job_id, stop, now, event=f"preempted: {pre.reason}")
 
     def publish(self, decisions: Plan) -> None:
-        self.store.set_reasons(decisions.reasons)
-        self.store.r.set(keys.CONFIG, json.dumps({"half_life_s": self.half_life_s, "policy": self.cfg.policy.policy}))
+        """Write the pending reasons (and, once, the config workers read) only when they changed:
+        every write is an fsync on the embedded store."""
+        reasons = dict(decisions.reasons)
+        if reasons != self._published_reasons:
+            self.store.set_reasons(reasons)
+            self._published_reasons = reasons
+        if not self._published_config:
+            self.store.r.set(keys.CONFIG, json.dumps({"half_life_s": self.half_life_s,
+                                                      "policy": self.cfg.policy.policy}))
+            self._published_config = True
 
     def cycle(self) -> Plan:
         now = self.clock()

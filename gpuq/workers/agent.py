@@ -39,8 +39,7 @@ class NodeAgent:
     # ---- what runs here -----------------------------------------------------------------------
 
     def my_running(self) -> list[Job]:
-        return [j for j in self.store.active_jobs()
-                if j.state is JobState.RUNNING and j.placement is not None and j.placement.node == self.cfg.node]
+        return [j for j in self.store.running_on(self.cfg.node) if j.state is JobState.RUNNING]
 
     # ---- each tick ----------------------------------------------------------------------------
 
@@ -82,7 +81,10 @@ class NodeAgent:
         put them back in the queue, keeping the evidence in their events."""
         now = self.clock()
         Queue(keys.rq_queue_name(self.cfg.node), connection=self.store.r, serializer=JSONSerializer).empty()
-        for job in self.my_running():
+        # a full scan once at start (not the per-node index), so nothing placed here is missed
+        mine = [j for j in self.store.active_jobs()
+                if j.state is JobState.RUNNING and j.placement is not None and j.placement.node == self.cfg.node]
+        for job in mine:
             if job.pid and _group_alive(job.pid):
                 kill_group(job.pid, signal.SIGTERM)
                 deadline = time.monotonic() + self.cfg.grace_s

@@ -29,7 +29,7 @@ from gpuq.paths import Paths
 from gpuq.store import Store
 from gpuq.workers.env import build_job_env
 
-POLL_S = 0.05
+POLL_S = 0.02
 STOP_POLL_S = 0.25
 PROGRESS_POLL_S = 2.0
 _PR_SET_CHILD_SUBREAPER = 36
@@ -309,7 +309,7 @@ class Supervisor:
                 return j.transition(to, requeues=j.requeues + 1, **common)
             return j.transition(to, ended_at=now, exit_code=rc, **common)
 
-        self.store.update(job.id, change, now, event=f"{to.value}: {reason}")
+        self.store.update(job.id, change, now, event=f"{to.value}: {reason}", wake=False)
         if gpu_s > 0:
             self._add_usage(job.owner.user, gpu_s, now)
         self.store.wake("job ended")

@@ -35,6 +35,7 @@ def main(argv: list[str]) -> int:
     from rq import Queue, Worker
     from rq.serializers import JSONSerializer
 
+    import gpuq.workers.launcher  # noqa: F401  (imported once here; each forked work horse inherits it)
     from gpuq.store import connect
 
     url, queue_name = argv
