@@ -160,6 +160,9 @@ class Service:
         priority = _opt_int(opts, "priority", 0)
         if not -1000 <= priority <= 1000:
             raise InvalidInput(f"--priority {priority} is out of range: give a whole number from -1000 to 1000.")
+        if priority > 0 and not caller.is_root:
+            raise PermissionDenied(f"--priority {priority}: only root may raise a job's priority (it orders jobs "
+                                   "across users); give 0 or a negative priority to let your other jobs go first.")
         name = str(opts.get("name") or "")
         if len(name) > 200:
             raise InvalidInput("--name is longer than 200 characters: give a shorter name.")
