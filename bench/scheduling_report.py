@@ -80,14 +80,15 @@ def jct_table(results: dict, rows: list[tuple[str, int]], helios: bool) -> str:
 
 
 def detail_table(results: dict, rows: list[tuple[str, int]]) -> str:
-    head = ("| VC | GPUs | policy | mean JCT s | p50 / p99 JCT s | mean queueing s | p99 queueing s | "
+    head = ("| VC | GPUs | policy | mean JCT s | p50 / p99 JCT s | mean / p99 queueing s | mean / p99 wait s | "
             "GPU util % | makespan d | Jain | preemptions | replay s |")
     out = [head, "|" + "---|" * 12]
     for vc, gpus in rows:
         for p in POLICIES:
             r = results[(vc, gpus, 8, p)]
             out.append(f"| {vc} | {gpus} | {p} | {fmt(r['jct_mean_s'])} | {fmt(r['jct_p50_s'])} / {fmt(r['jct_p99_s'])} | "
-                       f"{fmt(r['queue_delay_mean_s'])} | {fmt(r['queue_delay_p99_s'])} | {r['utilisation_pct']:.1f} | "
+                       f"{fmt(r['queue_delay_mean_s'])} / {fmt(r['queue_delay_p99_s'])} | "
+                       f"{fmt(r['wait_mean_s'])} / {fmt(r['wait_p99_s'])} | {r['utilisation_pct']:.1f} | "
                        f"{r['makespan_s'] / 86400:.1f} | {r['jain_mean']:.3f} | {r['preemptions']} | {r['wall_s']:.1f} |")
     return "\n".join(out)
 

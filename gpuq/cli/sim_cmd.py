@@ -104,6 +104,7 @@ def render_summary(s: dict) -> str:
         + (f" (sizes {s['dropped_gpus']})" if s["dropped"] else ""),
         f"JCT s           mean {d(s['jct_mean_s'])}  p50 {d(s['jct_p50_s'])}  p90 {d(s['jct_p90_s'])}  p99 {d(s['jct_p99_s'])}",
         f"queueing s      mean {d(s['queue_delay_mean_s'])}  p50 {d(s['queue_delay_p50_s'])}  p99 {d(s['queue_delay_p99_s'])}",
+        f"waiting s       mean {d(s['wait_mean_s'])}  p99 {d(s['wait_p99_s'])}  (JCT minus run time alone)",
         f"GPU utilisation {s['utilisation_pct']:.1f}%   makespan {s['makespan_s'] / 86400:.1f} days",
         f"preemptions     {s['preemptions']}",
         f"fairness        Jain index of share vs entitlement {s['jain_mean']:.3f} "

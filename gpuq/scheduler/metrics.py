@@ -46,6 +46,8 @@ def summarize(res: SimResult) -> dict[str, Any]:
     done = [r for r in res.records if r.end_s is not None]
     jct = sorted(r.end_s - r.submit_s for r in done)  # type: ignore[operator]
     delay = sorted(r.first_start_s - r.submit_s for r in done)  # type: ignore[operator]
+    # waiting in all: JCT minus the run time alone (preempted jobs wait more than once)
+    wait = sorted(max(0.0, r.end_s - r.submit_s - r.duration_s) for r in done)  # type: ignore[operator]
     t0 = min((r.submit_s for r in res.records), default=0.0)
     t1 = max((r.end_s for r in done), default=t0)
     makespan = max(t1 - t0, 1e-9)
@@ -93,6 +95,7 @@ def summarize(res: SimResult) -> dict[str, Any]:
         "jct_p50_s": percentile(jct, 50), "jct_p90_s": percentile(jct, 90), "jct_p99_s": percentile(jct, 99),
         "queue_delay_mean_s": round(sum(delay) / len(delay), 1) if delay else 0.0,
         "queue_delay_p50_s": percentile(delay, 50), "queue_delay_p99_s": percentile(delay, 99),
+        "wait_mean_s": round(sum(wait) / len(wait), 1) if wait else 0.0, "wait_p99_s": percentile(wait, 99),
         "utilisation_pct": round(100.0 * res.busy_gpu_s / (res.total_gpus * makespan), 2),
         "makespan_s": round(makespan, 1),
         "preemptions": res.preemptions,
