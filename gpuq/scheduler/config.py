@@ -56,6 +56,10 @@ class PolicyConfig:
     # ---- least attained service (las) ----
     #: attained GPU-seconds that move a job down one queue (Tiresias' discretised 2D-LAS)
     las_thresholds_gpu_s: tuple[float, ...] = (3600.0, 36000.0, 360000.0)
+    #: starvation guard: a job that has waited this many times as long as it has run goes back
+    #: to the first queue; 0 (the default) turns it off (on Philly it traded many preemptions
+    #: for little gain in the tail, see docs/scheduling.md)
+    las_starve_factor: float = 0.0
     # ---- packing of shared (fractional) jobs ----
     #: best (least memory left over; shared GPUs first) or first (lowest node and GPU index)
     packing: str = "best"
@@ -73,7 +77,8 @@ class PolicyConfig:
         for name in ("half_life_s", "default_share", "max_age_s"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"scheduler {name} must be larger than zero.")
-        for name in ("weight_fairshare", "weight_age", "preempt_wait_s", "min_run_s", "idle_mem_mib"):
+        for name in ("weight_fairshare", "weight_age", "preempt_wait_s", "min_run_s", "idle_mem_mib",
+                     "las_starve_factor"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"scheduler {name} must not be negative.")
         if self.max_preempts_per_cycle < 0:

@@ -20,12 +20,13 @@ from __future__ import annotations
 import bisect
 import heapq
 import math
-from typing import Callable, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from gpuq.jobs.model import Job
 from gpuq.scheduler.config import PolicyConfig
 
 INF = math.inf
+_PROMOTED: Any = object()  # the source of starving las jobs in the merge
 
 
 def las_level(attained_gpu_s: float, thresholds: tuple[float, ...]) -> int:
@@ -63,6 +64,22 @@ def static_key_fn(config: PolicyConfig) -> Callable[[Job], tuple]:
     return lambda j: (-j.spec.priority, j.submitted_at, j.id)
 
 
+def las_promoted(job: Job, factor: float, now: float) -> bool:
+    """Tiresias-style starvation guard: waited at least ``factor`` times as long as it ran."""
+    if factor <= 0 or job.attained_gpu_s <= 0:
+        return False
+    ran_s = job.attained_gpu_s / max(job.spec.resources.gpus, 1)
+    return (now - job.submitted_at) - ran_s >= factor * ran_s
+
+
+def effective_key(job: Job, config: PolicyConfig, now: float) -> tuple:
+    """A pending job's key as plan() orders it now (las: a starving job is back in queue 0)."""
+    key = static_key_fn(config)(job)
+    if config.policy == "las" and key[1] > 0 and las_promoted(job, config.las_starve_factor, now):
+        return (key[0], 0) + key[2:]
+    return key
+
+
 def running_key(job: Job, config: PolicyConfig, now: float) -> tuple:
     """Where a running job would sort among pending ones (for preemption by las/srtf)."""
     if config.policy == "las":
@@ -93,6 +110,8 @@ class PendingIndex:
         self._keys: dict[int, tuple] = {}
         #: how many waiting jobs ask for each request shape (gpus, whole, mem_mib, fraction)
         self.shape_counts: dict[tuple, int] = {}
+        #: las: jobs below the first queue (they may be promoted when they starve)
+        self.deep: dict[int, Job] = {}
         key = self._key
         for j in {j.id: j for j in jobs}.values():  # bulk load: append, then sort each queue once
             k = key(j)
@@ -100,6 +119,8 @@ class PendingIndex:
             self._keys[j.id] = k
             self.queues.setdefault(j.owner.user, []).append(k)
             self.groups[j.owner.user] = j.owner.groups
+            if self.policy == "las" and k[1] > 0:
+                self.deep[j.id] = j
             shape = _shape(j)
             self.shape_counts[shape] = self.shape_counts.get(shape, 0) + 1
         for q in self.queues.values():
@@ -118,6 +139,8 @@ class PendingIndex:
         self.shape_counts[shape] = self.shape_counts.get(shape, 0) + 1
         q = self.queues.setdefault(job.owner.user, [])
         self.groups[job.owner.user] = job.owner.groups
+        if self.policy == "las" and key[1] > 0:
+            self.deep[job.id] = job
         if not q or q[-1] < key:
             q.append(key)
         else:
@@ -128,6 +151,7 @@ class PendingIndex:
         if job is None:
             return None
         key = self._keys.pop(job_id)
+        self.deep.pop(job_id, None)
         shape = _shape(job)
         self.shape_counts[shape] -= 1
         if not self.shape_counts[shape]:
@@ -155,15 +179,26 @@ class PendingIndex:
         """
         jobs = self.jobs
         if score_of_user is None:
-            heap = [(q[0], user, 0) for user, q in self.queues.items()]
+            queues: dict[Any, list[tuple]] = dict(self.queues)
+            promoted: set[int] = set()
+            if self.policy == "las" and self.deep and config.las_starve_factor > 0:
+                f = config.las_starve_factor
+                up = sorted((self._keys[j.id][0], 0) + self._keys[j.id][2:]
+                            for j in self.deep.values() if las_promoted(j, f, now))
+                if up:
+                    queues[_PROMOTED] = up
+                    promoted = {k[-1] for k in up}
+            heap = [(q[0], src, 0) for src, q in queues.items()]
             heapq.heapify(heap)
             while heap:
-                key, user, i = heap[0]
-                q = self.queues[user]
+                key, src, i = heap[0]
+                q = queues[src]
                 if i + 1 < len(q):
-                    heapq.heapreplace(heap, (q[i + 1], user, i + 1))
+                    heapq.heapreplace(heap, (q[i + 1], src, i + 1))
                 else:
                     heapq.heappop(heap)
+                if promoted and src is not _PROMOTED and key[-1] in promoted:
+                    continue  # it comes (earlier) from the promoted queue
                 yield jobs[key[-1]], 0.0
             return
         w_age = config.weight_age

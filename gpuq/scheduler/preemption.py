@@ -22,7 +22,7 @@ from typing import Mapping, Sequence
 from gpuq.jobs.model import Job
 from gpuq.scheduler.config import PolicyConfig
 from gpuq.scheduler.fairshare import ShareState
-from gpuq.scheduler.ordering import running_key, static_key_fn
+from gpuq.scheduler.ordering import effective_key, running_key
 from gpuq.scheduler.placement import Cluster
 
 INF = math.inf
@@ -59,7 +59,8 @@ def plan_preemptions(
             cluster.release(j.placement)
     latest_start = now - config.min_run_s
     rank_policy = config.policy in ("las", "srtf")
-    skey = static_key_fn(config)
+    def skey(job: Job) -> tuple:
+        return effective_key(job, config, now)
     rkeys: dict[int, tuple] = {}
     las = config.policy == "las"
     if las:

@@ -237,3 +237,15 @@ def test_config_from_mapping():
     assert cfg.limits_for("bob") == UserLimits(max_gpus=8, max_pending=50)
     assert cfg.share_for("alice") == 2 and cfg.share_for("carol", (1001,)) == 4 and cfg.share_for("dan") == 1
     assert cfg.backfill_on is False and cfg.weight_age == 10.0
+
+
+def test_las_starvation_guard_promotes_a_long_waiting_job():
+    nodes = [node("a", 1)]
+    old = job(1, sub=0.0, attained_gpu_s=40000.0)  # ran 40,000 s, then waited 60,000 s
+    new = job(2, sub=99000.0)
+    off = plan([old, new], [], nodes, {}, PolicyConfig(policy="las"), 100000.0)
+    assert [s.job_id for s in off.starts] == [2]
+    on = plan([old, new], [], nodes, {}, PolicyConfig(policy="las", las_starve_factor=1.0), 100000.0)
+    assert [s.job_id for s in on.starts] == [1]
+    idx = PendingIndex(PolicyConfig(policy="las", las_starve_factor=1.0), [old, new])
+    assert plan(idx, [], nodes, {}, PolicyConfig(policy="las", las_starve_factor=1.0), 100000.0) == on
