@@ -41,6 +41,8 @@ class SimConfig:
     sample_s: float = 3600.0
     #: place jobs wider than a node across several nodes (else they are dropped and counted)
     gang: bool = True
+    #: give shared (fractional) jobs whole GPUs, as a queue without memory sharing would
+    exclusive: bool = False
     overrides: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -131,8 +133,10 @@ class SimResult:
     shares: Mapping[str, float]
 
 
-def _job_for(tj: TraceJob, time_limits: bool, checkpointable: bool) -> Job:
-    if tj.fraction is not None:
+def _job_for(tj: TraceJob, time_limits: bool, checkpointable: bool, exclusive: bool = False) -> Job:
+    if exclusive:
+        res = Resources(gpus=tj.gpus)
+    elif tj.fraction is not None:
         res = Resources(gpus=tj.gpus, fraction=tj.fraction)
     elif tj.mem_mib is not None:
         res = Resources(gpus=tj.gpus, mem_mib=tj.mem_mib)
@@ -222,7 +226,7 @@ def simulate(trace: Sequence[TraceJob], sim: SimConfig) -> SimResult:
                 changed = True
             elif kind == _ARRIVE:
                 tj = trace_by_id[jid]
-                job = _job_for(tj, exact, ckpt)
+                job = _job_for(tj, exact, ckpt, sim.exclusive)
                 index.add(job)
                 records[jid] = JobRecord(jid, tj.user, tj.tenant or tj.user, tj.gpus, tj.submit_s, tj.duration_s)
                 work_left[jid] = tj.duration_s

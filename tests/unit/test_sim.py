@@ -97,6 +97,9 @@ def test_fractional_jobs_pack_on_shared_gpus():
     res = simulate(trace, SimConfig(policy="default", layout=layout_for_gpus(2, 2)))
     assert all(r.first_start_s == 0.0 for r in res.records)
     assert max(res.series_busy) == pytest.approx(2.0)
+    whole = simulate(trace, SimConfig(policy="default", layout=layout_for_gpus(2, 2), exclusive=True))
+    assert max(whole.series_busy) == pytest.approx(2.0)
+    assert sorted(r.first_start_s for r in whole.records) == [0.0] * 2 + [1000.0] * 2 + [2000.0] * 2 + [3000.0] * 2
 
 
 def test_metrics_helpers():
