@@ -97,9 +97,9 @@ def render_summary(s: dict) -> str:
     def d(x: float) -> str:
         return f"{x:,.0f}"
 
-    lay = " + ".join(f"{l['nodes']}x{l['gpus_per_node']}" for l in s["layout"]) if "layout" in s else "?"
+    lay = " + ".join(f"{l['nodes']} nodes x {l['gpus_per_node']}" for l in s["layout"]) if "layout" in s else "?"
     lines = [
-        f"SIMULATED cluster: {s['gpus']} GPUs ({lay} nodes x GPUs); policy {s['policy']}",
+        f"SIMULATED cluster: {s['gpus']} GPUs ({lay} GPUs); policy {s['policy']}",
         f"jobs: {s['jobs']} replayed, {s['completed']} completed, {s['dropped']} dropped"
         + (f" (sizes {s['dropped_gpus']})" if s["dropped"] else ""),
         f"JCT s           mean {d(s['jct_mean_s'])}  p50 {d(s['jct_p50_s'])}  p90 {d(s['jct_p90_s'])}  p99 {d(s['jct_p99_s'])}",

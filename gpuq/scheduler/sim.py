@@ -179,6 +179,7 @@ def simulate(trace: Sequence[TraceJob], sim: SimConfig) -> SimResult:
         heapq.heappush(events, (tj.submit_s, _ARRIVE, tj.id, 0))
     user_alloc: dict[str, float] = {}
     user_demand: dict[str, float] = {}
+    demand_of: dict[int, float] = {}
     busy = 0.0
     busy_gpu_s = 0.0
     last_t = trace[0].submit_s if trace else 0.0
@@ -222,7 +223,7 @@ def simulate(trace: Sequence[TraceJob], sim: SimConfig) -> SimResult:
                 job = running[jid]
                 stop_run(job, t)
                 records[jid].end_s = t
-                user_demand[job.owner.user] -= job.spec.resources.gpus
+                user_demand[job.owner.user] -= demand_of.pop(jid)
                 changed = True
             elif kind == _ARRIVE:
                 tj = trace_by_id[jid]
@@ -230,7 +231,11 @@ def simulate(trace: Sequence[TraceJob], sim: SimConfig) -> SimResult:
                 index.add(job)
                 records[jid] = JobRecord(jid, tj.user, tj.tenant or tj.user, tj.gpus, tj.submit_s, tj.duration_s)
                 work_left[jid] = tj.duration_s
-                user_demand[tj.user] = user_demand.get(tj.user, 0.0) + tj.gpus
+                res = job.spec.resources
+                # GPUs this job wants, counted as its usage will be (a shared GPU by its share)
+                dem = demand_of[jid] = float(res.gpus) if res.whole_gpus else res.gpus * min(
+                    1.0, res.request_mib(sim.layout[0][2]) / sim.layout[0][2])
+                user_demand[tj.user] = user_demand.get(tj.user, 0.0) + dem
                 user_alloc.setdefault(tj.user, 0.0)
                 arrived = True
             else:
