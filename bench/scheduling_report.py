@@ -34,16 +34,17 @@ PLOTS = {("11cb48", 32, "fifo"), ("11cb48", 32, "las"), ("6214e9", 64, "fairshar
 
 
 def run_one(args: tuple) -> dict:
-    vc, gpus, gpn, policy = args
+    vc, gpus, gpn, policy = args[:4]
+    limits = args[4] if len(args) > 4 else "auto"
     sys.path.insert(0, str(ROOT))
     from gpuq.scheduler.metrics import summarize
     from gpuq.scheduler.sim import SimConfig, layout_for_gpus, simulate
     from gpuq.scheduler.traces import load_philly
 
     jobs = load_philly(TRACES / "philly.csv", vc=vc)
-    res = simulate(jobs, SimConfig(policy=policy, layout=layout_for_gpus(gpus, gpn)))
+    res = simulate(jobs, SimConfig(policy=policy, layout=layout_for_gpus(gpus, gpn), time_limits=limits))
     s = summarize(res)
-    s.update(vc=vc, gpus=gpus, gpus_per_node=gpn)
+    s.update(vc=vc, gpus=gpus, gpus_per_node=gpn, limits=limits)
     if (vc, gpus, policy) in PLOTS and gpn == 8:
         from gpuq.scheduler.plot import plot_run
 
@@ -90,6 +91,22 @@ def detail_table(results: dict, rows: list[tuple[str, int]]) -> str:
                        f"{fmt(r['queue_delay_mean_s'])} / {fmt(r['queue_delay_p99_s'])} | "
                        f"{fmt(r['wait_mean_s'])} / {fmt(r['wait_p99_s'])} | {r['utilisation_pct']:.1f} | "
                        f"{r['makespan_s'] / 86400:.1f} | {r['jain_mean']:.3f} | {r['preemptions']} | {r['wall_s']:.1f} |")
+    return "\n".join(out)
+
+
+LIMITS = ("none", "2x", "exact")
+
+
+def limits_table(results: dict, srtf: dict) -> str:
+    out = ["| VC | GPUs | no time limits | limits = 2 × duration | exact limits | SRTF (oracle) |",
+           "|---|---|---|---|---|---|"]
+    for vc, gpus in LOADED.items():
+        base = srtf[vc]
+        cells = []
+        for lim in LIMITS:
+            r = results[(vc, gpus, 8, "default", lim)]
+            cells.append(f"{fmt(r['jct_mean_s'])} ({r['jct_mean_s'] / base:.2f}×, Jain {r['jain_mean']:.2f})")
+        out.append(f"| {vc} | {gpus} | " + " | ".join(cells) + f" | {fmt(base)} (1×) |")
     return "\n".join(out)
 
 
@@ -188,7 +205,7 @@ def replace_section(text: str, name: str, body: str) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--jobs", type=int, default=2)
-    ap.add_argument("--only", default="helios,loaded,pool,alibaba")
+    ap.add_argument("--only", default="helios,loaded,pool,limits,alibaba")
     ap.add_argument("--json", type=Path, default=None, help="also write all run summaries here")
     args = ap.parse_args()
     only = set(args.only.split(","))
@@ -200,13 +217,17 @@ def main() -> None:
         runs += [(vc, g, 8, p) for vc, g in LOADED.items() for p in POLICIES]
     if "pool" in only:
         runs += [(vc, g, gpn, p) for vc, g in LOADED.items() for gpn in (g, 8) for p in ("fifo", "srtf")]
+    if "limits" in only:
+        runs += [(vc, g, 8, "default", lim) for vc, g in LOADED.items() for lim in LIMITS]
+        runs += [(vc, g, 8, "srtf") for vc, g in LOADED.items()]
     runs = sorted(set(runs), key=lambda r: (-(r[1] <= 64 and r[0] == "6214e9"), r))
     t0 = time.perf_counter()
     results = {}
     with ProcessPoolExecutor(max_workers=args.jobs) as ex:
         for r in ex.map(run_one, runs):
-            results[(r["vc"], r["gpus"], r["gpus_per_node"], r["policy"])] = r
-            print(f"{r['vc']} {r['gpus']:>4} GPUs (nodes of {r['gpus_per_node']}) {r['policy']:<9} "
+            key = (r["vc"], r["gpus"], r["gpus_per_node"], r["policy"])
+            results[key if r["limits"] == "auto" else key + (r["limits"],)] = r
+            print(f"{r['vc']} {r['gpus']:>4} GPUs (nodes of {r['gpus_per_node']}) {r['policy']:<9} {r['limits']:<5} "
                   f"mean JCT {r['jct_mean_s']:>10,.0f} s  replay {r['wall_s']:.1f} s", flush=True)
     text = DOC.read_text()
     if "helios" in only:
@@ -216,6 +237,9 @@ def main() -> None:
         text = replace_section(text, "detail", detail_table(results, list(LOADED.items())))
     if "pool" in only:
         text = replace_section(text, "pool", pool_table(results))
+    if "limits" in only:
+        srtf = {vc: results[(vc, g, 8, "srtf")]["jct_mean_s"] for vc, g in LOADED.items()}
+        text = replace_section(text, "limits", limits_table(results, srtf))
     if "alibaba" in only:
         text = replace_section(text, "alibaba", alibaba_table())
     DOC.write_text(text)

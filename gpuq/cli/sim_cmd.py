@@ -34,7 +34,7 @@ def sim(
     end: Optional[str] = typer.Option(None, "--to", help="Philly: day after the last submit (default 2017-12-01)."),
     preempt_cost: float = typer.Option(30.0, "--preempt-cost-s", help="seconds to checkpoint and restart a preempted job."),
     time_limits: str = typer.Option("auto", "--time-limits",
-                                    help="exact (every job's limit is its duration), none, or auto (exact for sjf/srtf)."),
+                                    help="exact (every job's limit is its duration), none, a factor like 2x, or auto (exact for sjf/srtf)."),
     no_gang: bool = typer.Option(False, "--no-gang", help="drop jobs wider than a node instead of spreading them."),
     seed: int = typer.Option(0, "--seed", help="seed for the synthetic users of traces without users."),
     as_json: bool = typer.Option(False, "--json", help="print the results as JSON."),
@@ -45,8 +45,8 @@ def sim(
         _fail(f"trace format {fmt!r} is unknown: use one of {', '.join(FORMATS)}.")
     if policy not in POLICIES:
         _fail(f"policy {policy!r} is unknown: use one of {', '.join(POLICIES)}.")
-    if time_limits not in ("auto", "exact", "none"):
-        _fail(f"--time-limits {time_limits!r} is unknown: use auto, exact or none.")
+    if time_limits not in ("auto", "exact", "none") and not time_limits.endswith("x"):
+        _fail(f"--time-limits {time_limits!r} is unknown: use auto, exact, none or a factor like 2x.")
     if not trace.is_file():
         _fail(f"trace file {str(trace)!r} does not exist.")
     if gpus is not None and nodes is not None:

@@ -35,7 +35,7 @@ class SimConfig:
     layout: tuple[tuple[int, int, int], ...] = ((8, 8, DEFAULT_GPU_MEM_MIB),)
     preempt_cost_s: float = 30.0
     #: exact: every job's time limit is its true duration; none: no time limits;
-    #: auto: exact for the oracles sjf and srtf, none for the others
+    #: auto: exact for the oracles sjf and srtf, none for the others; "2x": twice the duration
     time_limits: str = "auto"
     tick_s: float = 300.0
     sample_s: float = 3600.0
@@ -133,7 +133,24 @@ class SimResult:
     shares: Mapping[str, float]
 
 
-def _job_for(tj: TraceJob, time_limits: bool, checkpointable: bool, exclusive: bool = False) -> Job:
+def time_limit_factor(mode: str, policy: str) -> float | None:
+    """The multiple of each job's duration it gets as its time limit (None: no limit)."""
+    if mode == "auto":
+        return 1.0 if policy in ("sjf", "srtf") else None
+    if mode == "none":
+        return None
+    if mode == "exact":
+        return 1.0
+    try:
+        k = float(mode[:-1]) if mode.endswith("x") else float("nan")
+    except ValueError:
+        k = float("nan")
+    if not k >= 1.0:
+        raise InvalidInput(f"--time-limits {mode!r} is unknown: use auto, exact, none or a factor like 2x.")
+    return k
+
+
+def _job_for(tj: TraceJob, time_limits: float | None, checkpointable: bool, exclusive: bool = False) -> Job:
     if exclusive:
         res = Resources(gpus=tj.gpus)
     elif tj.fraction is not None:
@@ -142,7 +159,8 @@ def _job_for(tj: TraceJob, time_limits: bool, checkpointable: bool, exclusive: b
         res = Resources(gpus=tj.gpus, mem_mib=tj.mem_mib)
     else:
         res = Resources(gpus=tj.gpus)
-    tl = tj.time_limit_s if tj.time_limit_s is not None else (tj.duration_s if time_limits else None)
+    tl = tj.time_limit_s if tj.time_limit_s is not None else (
+        tj.duration_s * time_limits if time_limits is not None else None)
     ck = tj.checkpointable if tj.checkpointable is not None else checkpointable
     spec = JobSpec(argv=("simulated",), cwd="/", priority=tj.priority, time_limit_s=tl, checkpointable=ck,
                    resources=res)
@@ -156,7 +174,7 @@ def simulate(trace: Sequence[TraceJob], sim: SimConfig) -> SimResult:
     nodes = build_nodes(sim.layout)
     total_gpus = sum(len(n.gpus) for n in nodes)
     max_node = max(len(n.gpus) for n in nodes)
-    exact = sim.time_limits == "exact" or (sim.time_limits == "auto" and sim.policy in ("sjf", "srtf"))
+    exact = time_limit_factor(sim.time_limits, sim.policy)
     ckpt = config.preemption_on
     shared_jobs = any(tj.fraction is not None or tj.mem_mib is not None for tj in trace)
 

@@ -159,3 +159,20 @@ def test_cli_sim_json_and_errors(tmp_path):
                       (["--trace", str(trace), "--format", "csv"], "--gpus or --nodes")]:
         bad = runner.invoke(app, args)
         assert bad.exit_code == 1 and msg in bad.output and "Traceback" not in bad.output
+
+
+def test_time_limit_modes():
+    from gpuq.scheduler.sim import time_limit_factor
+
+    assert time_limit_factor("auto", "sjf") == 1.0 and time_limit_factor("auto", "las") is None
+    assert time_limit_factor("2x", "default") == 2.0 and time_limit_factor("none", "srtf") is None
+    for bad in ("0.5x", "twice", "x"):
+        with pytest.raises(InvalidInput):
+            time_limit_factor(bad, "default")
+    # with exact limits, backfill lets short jobs use GPUs held for a wide head job
+    trace = [tj(1, 0, 1000, gpus=2), tj(2, 1, 1000, gpus=4), tj(3, 2, 500, gpus=1), tj(4, 3, 500, gpus=1)]
+    lay = layout_for_gpus(4, 4)
+    none = {r.id: r.first_start_s for r in simulate(trace, SimConfig(policy="default", layout=lay)).records}
+    exact = {r.id: r.first_start_s for r in simulate(trace, SimConfig(policy="default", layout=lay,
+                                                                      time_limits="exact")).records}
+    assert none[3] == 2000.0 and exact[3] == 2.0 and exact[2] == none[2] == 1000.0
