@@ -92,7 +92,7 @@ class Cluster:
         self.idle_count = list(t.base_idle_count)
         self.bounded_running = 0
         partial: set[int] = set()
-        uuid_idx, base_idle, node_of = t.uuid_idx, t.base_idle, t.node_of
+        base_idle, node_of = t.base_idle, t.node_of
         total, used = t.total, t.used
         reserved, holders, busy, idle_count = self.reserved, self.holders, self.busy_until, self.idle_count
         for job in running:

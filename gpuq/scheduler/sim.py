@@ -10,9 +10,8 @@ users, so a seed gives the same result every time.
 from __future__ import annotations
 
 import heapq
-import math
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 from gpuq.errors import InvalidInput
@@ -311,13 +310,3 @@ def simulate(trace: Sequence[TraceJob], sim: SimConfig) -> SimResult:
         series_t=series_t, series_queue=series_q, series_busy=series_b, samples=samples,
         busy_gpu_s=busy_gpu_s, shares=shares,
     )
-
-
-def validate_choice(value: str, choices: Sequence[str], what: str) -> str:
-    if value not in choices:
-        raise InvalidInput(f"{what} {value!r} is unknown: use one of {', '.join(choices)}.")
-    return value
-
-
-__all__ = ["SimConfig", "SimResult", "simulate", "policy_config_for", "parse_layout", "layout_for_gpus",
-           "build_nodes", "replace", "math"]
