@@ -17,7 +17,6 @@ from gpuq.config import DaemonConfig
 from gpuq.errors import GpuqError, StoreUnavailable
 from gpuq.gpus import NodeSnapshot
 from gpuq.jobs.model import Job, JobState, StopKind, StopRequest
-from gpuq.scheduler import usage as usage_mod
 from gpuq.scheduler.policy import Plan, plan
 from gpuq.store import Store
 
@@ -31,7 +30,7 @@ class World:
     pending: list[Job]
     running: list[Job]
     nodes: list[NodeSnapshot]
-    usage: dict[str, float]
+    usage: dict[str, dict]  # per user: the stored {"gpu_s", "at"} record; plan() decays it
     finished: dict[int, JobState]
 
 
@@ -55,7 +54,7 @@ class SchedulerLoop:
         self.clock = clock
         self.on_placed = on_placed  # told the node of each placement (the local agent readies a worker)
         self.on_wake = on_wake  # told of each wake-up (a job ended: the local agent re-probes at once)
-        self.half_life_s = float(getattr(cfg.policy, "half_life_s", usage_mod.DEFAULT_HALF_LIFE_S))
+        self.half_life_s = float(cfg.policy.half_life_s)
         self._published_reasons: dict[int, str] | None = None
         self._published_config = False
 
@@ -65,8 +64,7 @@ class SchedulerLoop:
         running = [j for j in jobs if j.state is JobState.RUNNING]
         deps = {d for j in pending for d in j.spec.after}
         finished = self.store.states_of(sorted(deps)) if deps else {}
-        records = self.store.usage_records()
-        usage = {u: usage_mod.decayed(rec, now, self.half_life_s) for u, rec in records.items()}
+        usage = self.store.usage_records()
         live = [n for n in self.store.nodes() if now - n.probed_at <= self.cfg.node_ttl_s]
         return World(pending, running, live, usage, finished)
 

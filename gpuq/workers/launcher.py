@@ -283,9 +283,10 @@ class Supervisor:
 
     def _finish(self, job: Job, rc: int | None, stop_kind: StopKind | None, timed_out: bool, run_s: float) -> str:
         now = self.clock()
-        p = job.placement
-        gpu_share = sum(r / t for r, t in zip(p.reserved_mib, p.gpu_total_mib) if t) if p else 0.0
-        gpu_s = run_s * gpu_share
+        from gpuq.scheduler import fairshare
+
+        gpu_equiv = fairshare.job_gpu_equiv(job) if job.placement and job.placement.gpu_uuids else 0.0
+        gpu_s = run_s * gpu_equiv  # attained service (for LAS); fair-share usage decays over the run
         signal_note = f" (killed by signal {-rc})" if rc is not None and rc < 0 else ""
 
         if rc == 0:
@@ -311,12 +312,14 @@ class Supervisor:
 
         self.store.update(job.id, change, now, event=f"{to.value}: {reason}", wake=False)
         if gpu_s > 0:
-            self._add_usage(job.owner.user, gpu_s, now)
+            self._add_usage(job.owner.user, gpu_equiv, now - run_s, now)
         self.store.wake("job ended")
         return f"{to.value}: {reason}"
 
-    def _add_usage(self, user: str, gpu_s: float, now: float) -> None:
-        from gpuq.scheduler import usage
+    def _add_usage(self, user: str, gpus: float, started_at: float, ended_at: float) -> None:
+        """Fair-share usage of this run, counted exactly as plan() counted it while it ran."""
+        from gpuq.scheduler import fairshare, usage
 
         half_life_s = usage.half_life_from_store(self.store)
-        self.store.update_usage(user, lambda rec: usage.add(rec, gpu_s, now, half_life_s))
+        self.store.update_usage(
+            user, lambda rec: fairshare.add_run_usage(rec, gpus, started_at, ended_at, half_life_s))
