@@ -46,6 +46,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from gpuq.workers.launcher import group_alive
+
 TERMINAL = {"completed", "failed", "cancelled", "timeout"}
 FORBIDDEN_CLI_IMPORTS = ("redis", "rq", "tensorflow")
 
@@ -221,7 +223,7 @@ class Gpuq:
                 self.proc.wait(60)
             except subprocess.TimeoutExpired:
                 log("gpuq daemon did not stop in 60 s: SIGKILL to its process group")
-        if self.proc.poll() is None or _group_alive(self.proc.pid):
+        if self.proc.poll() is None or group_alive(self.proc.pid):
             try:
                 os.killpg(self.proc.pid, signal.SIGKILL)  # its own session: only what it started
             except (ProcessLookupError, PermissionError):
@@ -262,16 +264,6 @@ class Gpuq:
 
     def wait_started(self, job_id: int, timeout_s: float = 60) -> dict[str, Any]:
         return self.wait(job_id, lambda j: j["state"] == "running" and j.get("pid"), timeout_s, 0.02)
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
 
 
 class Tsp:

@@ -18,7 +18,7 @@ from gpuq import keys
 from gpuq.config import DaemonConfig
 from gpuq.jobs.model import Job, JobState, StopKind, StopRequest
 from gpuq.store import Store
-from gpuq.workers.launcher import _group_alive, kill_group
+from gpuq.workers.launcher import group_alive, kill_group
 from gpuq.workers.probe import Probe
 
 log = logging.getLogger("gpuq.agent")
@@ -85,10 +85,10 @@ class NodeAgent:
         mine = [j for j in self.store.active_jobs()
                 if j.state is JobState.RUNNING and j.placement is not None and j.placement.node == self.cfg.node]
         for job in mine:
-            if job.pid and _group_alive(job.pid):
+            if job.pid and group_alive(job.pid):
                 kill_group(job.pid, signal.SIGTERM)
                 deadline = time.monotonic() + self.cfg.grace_s
-                while _group_alive(job.pid) and time.monotonic() < deadline:
+                while group_alive(job.pid) and time.monotonic() < deadline:
                     time.sleep(0.1)
                 kill_group(job.pid, signal.SIGKILL)
             reason = ("interrupted: the daemon restarted while it ran; requeued" if job.started_at

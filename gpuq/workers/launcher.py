@@ -78,7 +78,7 @@ def _chown(path: Path, uid: int, gid: int) -> None:
         os.chown(path, uid, gid)
 
 
-def _group_alive(pgid: int) -> bool:
+def group_alive(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
         return True
@@ -244,7 +244,7 @@ class Supervisor:
         # Leave nothing of the job behind: its group may hold GPU memory.
         kill_group(pgid, signal.SIGKILL)
         deadline = time.monotonic() + 10
-        while _group_alive(pgid) and time.monotonic() < deadline:
+        while group_alive(pgid) and time.monotonic() < deadline:
             _reap_orphans()
             time.sleep(0.02)
         _reap_orphans()
