@@ -131,7 +131,12 @@ def parse_simulated_spec(spec: str) -> list[int]:
         count = int(m.group(1) or 1)
         if count <= 0 or count > 64:
             raise InvalidInput(f"--simulate-gpus {spec!r}: the GPU count must be between 1 and 64.")
-        sizes.extend([parse_size_mib(m.group(2), what="--simulate-gpus size")] * count)
+        try:
+            size = parse_size_mib(m.group(2))
+        except InvalidInput:
+            raise InvalidInput(f"--simulate-gpus {spec!r} is not an inventory: write COUNTxSIZE, like 4x24GiB "
+                               "(or 2x80GiB,1x24GiB).") from None
+        sizes.extend([size] * count)
     if not sizes:
         raise InvalidInput(f"--simulate-gpus {spec!r} names no GPU: write COUNTxSIZE, like 4x24GiB.")
     return sizes

@@ -109,7 +109,7 @@ def test_daemon_with_unreachable_redis(open_tmp):
 def test_daemon_with_bad_simulated_inventory_and_config(open_tmp):
     p = _daemon_start_fails(open_tmp / "h3", "--simulate-gpus", "4xlots")
     assert p.returncode != 0 and "Traceback" not in p.stderr
-    assert "not a size" in p.stderr.strip().splitlines()[-1]
+    assert "is not an inventory: write COUNTxSIZE" in p.stderr.strip().splitlines()[-1]
     home = open_tmp / "h4"
     home.mkdir()
     (home / "config.toml").write_text("[daemon]\ngrace = 'forever'\n")
