@@ -8,6 +8,7 @@ become :class:`gpuq.errors.StoreUnavailable`.
 from __future__ import annotations
 
 import json
+import re
 import time
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Mapping, Sequence
@@ -35,12 +36,17 @@ return 0
 """
 
 
+def redacted(url: str) -> str:
+    """The URL without its password, for logs and messages."""
+    return re.sub(r"(//[^:/@]*:)[^@/]*@", r"\1***@", url)
+
+
 def connect(url: str) -> redis.Redis:
     """A client for ``redis://``, ``rediss://`` or ``unix://`` URLs (no I/O until first use)."""
     try:
         return redis.Redis.from_url(url, socket_timeout=30, socket_connect_timeout=5, health_check_interval=30)
     except ValueError as e:
-        raise StoreUnavailable(f"Redis URL {url!r} is not valid ({e}): use redis://HOST:PORT/DB or unix:///path/to/redis.sock.") from e
+        raise StoreUnavailable(f"Redis URL {redacted(url)!r} is not valid ({e}): use redis://HOST:PORT/DB or unix:///path/to/redis.sock.") from e
 
 
 @contextmanager

@@ -19,7 +19,7 @@ from gpuq.daemon.embedded_redis import EmbeddedRedis
 from gpuq.daemon.service import Service
 from gpuq.errors import GpuqError, StoreUnavailable
 from gpuq.scheduler.loop import SchedulerLoop
-from gpuq.store import Store
+from gpuq.store import Store, redacted
 from gpuq.workers.agent import NodeAgent
 from gpuq.workers.probe import make_probe
 
@@ -72,7 +72,7 @@ class Daemon:
                 store.ping()
             except StoreUnavailable as e:
                 raise StoreUnavailable(
-                    f"cannot reach Redis at {self.cfg.redis_url} ({e.__cause__ or e}): check that it runs and the URL "
+                    f"cannot reach Redis at {redacted(self.cfg.redis_url)} ({e.__cause__ or e}): check that it runs and the URL "
                     "is right, or leave --redis-url out to use the embedded server."
                 ) from e
             return store, self.cfg.redis_url
@@ -115,12 +115,14 @@ class Daemon:
                 sched_thread.start()
             inv = "SIMULATED " if probe.simulated else ""
             log.info("gpuq daemon up: node %s, %s%d GPU(s), store %s, socket %s", cfg.node, inv,
-                     len(probe.snapshot(cfg.node, time.time(), {}).gpus), url, sock)
+                     len(probe.snapshot(cfg.node, time.time(), {}).gpus), redacted(url), sock)
             while not self.stop.is_set():
                 try:
                     agent.tick()
                 except StoreUnavailable as e:
                     log.error("%s (retrying)", e)
+                except Exception:  # one bad probe must not end the daemon; the log keeps the evidence
+                    log.exception("node agent tick failed (retrying)")
                 self.agent_wake.wait(cfg.probe_interval_s)
                 self.agent_wake.clear()
             log.info("stopping: running jobs get SIGTERM and go back to the queue")

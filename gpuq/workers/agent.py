@@ -60,7 +60,7 @@ class NodeAgent:
     def _worker_env(self) -> dict[str, str]:
         env = dict(os.environ)
         env.update(GPUQ_NODE=self.cfg.node, GPUQ_HOME=str(self.cfg.home), GPUQ_GRACE_S=str(self.cfg.grace_s),
-                   GPUQ_SIMULATED="1" if self.probe.simulated else "0")
+                   GPUQ_SIMULATED="1" if self.probe.simulated else "0", GPUQ_WORKER_REDIS_URL=self.redis_url)
         return env
 
     def ensure_workers(self, running_here: int) -> None:
@@ -69,7 +69,7 @@ class NodeAgent:
         want = min(self.cfg.max_workers, running_here + self.cfg.spare_workers)
         while len(self.workers) < want:
             w = subprocess.Popen(
-                [sys.executable, "-m", "gpuq.workers.rqworker", self.redis_url, keys.rq_queue_name(self.cfg.node)],
+                [sys.executable, "-m", "gpuq.workers.rqworker", keys.rq_queue_name(self.cfg.node)],
                 env=self._worker_env(), stdin=subprocess.DEVNULL,
             )
             self.workers.append(w)

@@ -26,6 +26,7 @@ from typing import Callable
 from gpuq.errors import GpuqError
 from gpuq.jobs.model import REQUEUE_EXIT_CODE, Job, JobState, Progress, StopKind
 from gpuq.paths import Paths
+from gpuq.safefile import read_small
 from gpuq.store import Store
 from gpuq.workers.env import build_job_env
 
@@ -258,10 +259,12 @@ class Supervisor:
             log.write((text + "\n").encode())
 
     def _record_progress(self, job_id: int, path: Path) -> None:
+        raw = read_small(path)  # the job's user owns this file: no FIFO, symlink or huge file
+        if raw is None:
+            return
         try:
-            with open(path) as f:
-                d = json.load(f)
-        except (OSError, ValueError):
+            d = json.loads(raw)
+        except ValueError:
             return
         if not isinstance(d, dict):
             return

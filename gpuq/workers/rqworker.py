@@ -1,6 +1,9 @@
 """One RQ worker process serving this node's queue (started and supervised by the daemon).
 
-    python -m gpuq.workers.rqworker REDIS_URL QUEUE_NAME
+    GPUQ_WORKER_REDIS_URL=... python -m gpuq.workers.rqworker QUEUE_NAME
+
+The Redis URL comes through the environment, never the command line: a URL may hold the shared
+server's password, and every local user can read command lines (only the owner can read environ).
 
 It runs with the JSON serializer and forks a work horse per job, in which
 :func:`gpuq.workers.launcher.run_job` supervises the job's process.
@@ -28,8 +31,9 @@ def _die_with_parent() -> None:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 2:
-        print("usage: python -m gpuq.workers.rqworker REDIS_URL QUEUE_NAME", file=sys.stderr)
+    url = os.environ.get("GPUQ_WORKER_REDIS_URL")
+    if len(argv) != 1 or not url:
+        print("usage: GPUQ_WORKER_REDIS_URL=URL python -m gpuq.workers.rqworker QUEUE_NAME", file=sys.stderr)
         return 2
     _die_with_parent()
     from rq import Queue, Worker
@@ -38,7 +42,7 @@ def main(argv: list[str]) -> int:
     import gpuq.workers.launcher  # noqa: F401  (imported once here; each forked work horse inherits it)
     from gpuq.store import connect
 
-    url, queue_name = argv
+    (queue_name,) = argv
     conn = connect(url)
     queue = Queue(queue_name, connection=conn, serializer=JSONSerializer)
     name = f"{os.environ.get('GPUQ_NODE', 'node')}.{os.getpid()}"

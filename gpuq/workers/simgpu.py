@@ -22,6 +22,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from gpuq.safefile import read_small
+
 
 @dataclass(frozen=True)
 class Claim:
@@ -57,14 +59,20 @@ def read_claims(usage_dir: str) -> list[Claim]:
         if not name.endswith(".json"):
             continue
         path = os.path.join(usage_dir, name)
+        raw = read_small(path)  # any user may write here: no FIFO, symlink or huge file
+        if raw is None:
+            continue
         try:
-            with open(path) as f:
-                d = json.load(f)
-            claim = Claim(uuid=str(d["uuid"]), mem_mib=int(d["mem_mib"]), util_pct=int(d.get("util_pct", 0)),
-                          pid=d.get("pid"), label=str(d.get("label", "")))
-        except (OSError, ValueError, KeyError, TypeError):
-            continue  # half-written or foreign file: ignore
-        if claim.pid and not _alive(int(claim.pid)):
+            d = json.loads(raw)
+            pid = d.get("pid")
+            claim = Claim(uuid=str(d["uuid"]), mem_mib=max(0, int(d["mem_mib"])),
+                          util_pct=max(0, min(100, int(d.get("util_pct", 0)))),
+                          pid=None if pid is None else int(pid), label=str(d.get("label", ""))[:64])
+            if claim.pid is not None and not 0 < claim.pid < 2**22:
+                continue
+        except (ValueError, KeyError, TypeError, AttributeError, OverflowError):
+            continue  # half-written or hostile file: ignore
+        if claim.pid and not _alive(claim.pid):
             try:
                 os.unlink(path)
             except OSError:

@@ -79,3 +79,27 @@ def test_resolve_command(tmp_path):
     assert resolve_command(["./run.sh"], str(tmp_path), env) == (str(tool),)
     with pytest.raises(InvalidInput, match="does not exist"):
         resolve_command(["nope.py"], str(tmp_path), env)
+
+
+def test_hostile_claim_files_are_ignored(tmp_path):
+    probe = SimulatedProbe([8192], str(tmp_path), "n")
+    uuid0 = simulated_uuid("n", 0)
+    (tmp_path / "a.json").write_text('{"uuid": "%s", "mem_mib": 1, "pid": "abc"}' % uuid0)
+    (tmp_path / "b.json").write_text('{"uuid": "%s", "mem_mib": 1, "pid": 1099511627776}' % uuid0)
+    (tmp_path / "c.json").write_text("[1, 2]")
+    os.mkfifo(tmp_path / "d.json")  # a plain open() would block the daemon for ever
+    (tmp_path / "e.json").symlink_to("/dev/zero")  # a plain read would never end
+    (tmp_path / "f.json").write_text('{"uuid": "%s", "mem_mib": 300}' % uuid0 + " " * 70000)  # too large
+    write_claim(str(tmp_path), Claim(uuid=uuid0, mem_mib=700, label="real"))
+    snap = probe.snapshot("n", time.time(), {})
+    assert snap.gpus[0].mem_used_mib == 700
+
+
+def test_progress_file_that_is_a_fifo_does_not_block(tmp_path):
+    from gpuq.safefile import read_small
+
+    os.mkfifo(tmp_path / "p")
+    assert read_small(tmp_path / "p") is None
+    (tmp_path / "ok").write_text('{"step": 3}')
+    assert read_small(tmp_path / "ok") == b'{"step": 3}'
+    assert read_small(tmp_path / "missing") is None
