@@ -138,17 +138,24 @@ class Store:
         event: str | Callable[[Job], str] | None = None,
         also: Callable[[Pipeline, Job], None] | None = None,
         wake: bool = True,
+        fence: tuple[str, str] | None = None,
     ) -> Job | None:
         """Apply ``change`` to the stored job atomically; returns the new job, or None when
         ``change`` returned None (nothing to do).  ``also`` adds commands to the same
         transaction (used to enqueue the RQ job together with the placement).  ``wake=False``
-        does not wake the scheduler (for the scheduler's own changes)."""
+        does not wake the scheduler (for the scheduler's own changes).  ``fence=(key, value)`` applies
+        the change only while ``key`` holds ``value`` (the scheduler's lease), checked atomically."""
         key = keys.job(job_id)
         with _wrap("updating a job"):
             with self.r.pipeline(transaction=True) as pipe:
                 while True:
                     try:
-                        pipe.watch(key)
+                        pipe.watch(key, *([fence[0]] if fence else []))
+                        if fence is not None:
+                            holder = pipe.get(fence[0])
+                            if (holder.decode() if isinstance(holder, bytes) else holder) != fence[1]:
+                                pipe.unwatch()
+                                return None  # we lost the lease: another leader decides now
                         old = _load(pipe.get(key))
                         if old is None:
                             raise JobNotFound(f"there is no job {job_id}; `gpuq status --all` lists the jobs.")

@@ -232,6 +232,16 @@ def main() -> None:
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)
+    except BrokenPipeError:  # `gpuq logs 5 | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
+    except PermissionError as e:
+        typer.echo(f"gpuq: permission denied on {e.filename}: run as a user who may use it, or set GPUQ_HOME "
+                   "to a directory you own.", err=True)
+        sys.exit(1)
+    except OSError as e:
+        typer.echo(f"gpuq: {e.strerror or e} ({e.filename or 'no file'}); check the path and try again.", err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -45,6 +45,7 @@ class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
     server_version = "gpuq"
+    timeout = 30  # a client that holds a connection open without sending is dropped
 
     def address_string(self) -> str:  # Unix sockets have no address
         return "unix"
@@ -108,7 +109,10 @@ class _Handler(BaseHTTPRequestHandler):
                 if len(route) == 2:
                     return self._send_json(200, svc.job(caller, job_id))
                 if route[2:] == ["log"]:
-                    offset = int(query.get("offset", ["0"])[0] or 0)
+                    try:
+                        offset = int(query.get("offset", ["0"])[0] or 0)
+                    except ValueError:
+                        raise InvalidInput("offset must be a whole number of bytes.") from None
                     data, new_offset, job = svc.log(caller, job_id, offset)
                     self.send_response(200)
                     self.send_header("Content-Type", "application/octet-stream")

@@ -37,6 +37,7 @@ class EmbeddedRedis:
         self.dir = data_dir
         self.socket = data_dir / "redis.sock"
         self.proc: subprocess.Popen | None = None
+        self.reused = False  # a server left by a daemon that died: ours to stop too
 
     @property
     def url(self) -> str:
@@ -70,6 +71,7 @@ class EmbeddedRedis:
         self.dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.dir, 0o700)
         if self.socket.exists() and self._responds():
+            self.reused = True
             return  # a server left by an earlier daemon that died: reuse it, its data is ours
         exe = find_redis_server()
         if exe is None:
@@ -97,6 +99,14 @@ class EmbeddedRedis:
 
     def stop(self, timeout_s: float = 10.0) -> None:
         if self.proc is None:
+            if self.reused:
+                import redis
+
+                try:
+                    redis.Redis(unix_socket_path=str(self.socket), socket_timeout=timeout_s).shutdown()
+                except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError, OSError):
+                    pass  # SHUTDOWN closes the connection as it succeeds
+                self.reused = False
             return
         if self.proc.poll() is None:
             self.proc.terminate()  # redis saves (AOF is already fsynced) and exits on SIGTERM

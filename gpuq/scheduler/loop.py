@@ -96,7 +96,8 @@ class SchedulerLoop:
 
             gpus = ",".join(str(i) for i in p.gpu_indices) or "none"
             placed = self.store.update(start.job_id, change, now, event=f"placed on {p.node} GPUs {gpus}",
-                                       also=lambda pipe, job: enqueue_placement(self.store, job, pipe), wake=False)
+                                       also=lambda pipe, job: enqueue_placement(self.store, job, pipe), wake=False,
+                                       fence=(keys.LEADER, self.cfg.node))
             if placed is not None and self.on_placed is not None:
                 self.on_placed(p.node)
         for pre in decisions.preempts:
@@ -105,7 +106,8 @@ class SchedulerLoop:
                     return None
                 return j.with_changes(stop_request=StopRequest(StopKind.PREEMPT, now, "scheduler"))
 
-            self.store.update(pre.job_id, stop, now, event=f"preempted: {pre.reason}")
+            self.store.update(pre.job_id, stop, now, event=f"preempted: {pre.reason}",
+                              fence=(keys.LEADER, self.cfg.node))
 
     def publish(self, decisions: Plan) -> None:
         """Write the pending reasons (and, once, the config workers read) only when they changed:
@@ -134,8 +136,10 @@ class SchedulerLoop:
             try:
                 if self.store.hold_leadership(self.cfg.node, ttl_s):
                     self.cycle()
-                if self.store.wait_wake(self.cfg.cycle_s) and self.on_wake is not None:
-                    self.on_wake()
+                    if self.store.wait_wake(self.cfg.cycle_s) and self.on_wake is not None:
+                        self.on_wake()
+                else:
+                    stop.wait(self.cfg.cycle_s)  # leave the wake-ups to the leader
             except StoreUnavailable as e:
                 log.error("%s (retrying)", e)
                 stop.wait(1.0)

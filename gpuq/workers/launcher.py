@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from gpuq.errors import GpuqError
+from gpuq.errors import GpuqError, StoreUnavailable
 from gpuq.jobs.model import REQUEUE_EXIT_CODE, Job, JobState, Progress, StopKind
 from gpuq.paths import Paths
 from gpuq.safefile import read_small
@@ -79,6 +79,17 @@ def _chown(path: Path, uid: int, gid: int) -> None:
         os.chown(path, uid, gid)
 
 
+def _move_aside_if_foreign(path: Path, uid: int) -> None:
+    """A log or checkpoint directory left by another user's job with the same id (job ids restart
+    with a new store) is renamed, never handed over; a symlink is never followed."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if st.st_uid != uid or os.path.islink(path):
+        os.rename(path, path.with_name(f"{path.name}.stale-{int(time.time())}-{st.st_uid}"))
+
+
 def group_alive(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
@@ -97,6 +108,26 @@ def _reap_orphans() -> None:
             return
         if pid == 0:
             return
+
+
+def same_run(j: Job, run: Job) -> bool:
+    """Is stored job ``j`` still the run this supervisor claimed?  (``started_at`` is set once per
+    run, at the claim; a requeued and re-placed job has a new one.)"""
+    return j.state is JobState.RUNNING and j.started_at is not None and j.started_at == run.started_at
+
+
+def retry_store(what: Callable[[], object], attempts_s: float = 300.0) -> object:
+    """Call ``what`` until Redis answers (a supervisor must not die with its job still running)."""
+    deadline = time.monotonic() + attempts_s
+    delay = 0.2
+    while True:
+        try:
+            return what()
+        except StoreUnavailable:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
 
 def kill_group(pgid: int, sig: int) -> None:
@@ -148,10 +179,12 @@ class Supervisor:
         for d in (p.logs, p.checkpoints, p.progress):
             d.mkdir(parents=True, exist_ok=True)
         log_path = p.job_log(job.id)
-        fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+        ckpt = p.job_checkpoint_dir(job.id)
+        for path in (log_path, ckpt):
+            _move_aside_if_foreign(path, uid)
+        fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o640)
         os.close(fd)
         _chown(log_path, uid, gid)
-        ckpt = p.job_checkpoint_dir(job.id)
         ckpt.mkdir(mode=0o700, exist_ok=True)
         _chown(ckpt, uid, gid)
         progress = p.job_progress_file(job.id)
@@ -184,8 +217,9 @@ class Supervisor:
                 stderr=subprocess.STDOUT, start_new_session=True, close_fds=True, **kwargs,
             )
         now = self.clock()
-        self.store.update(job.id, lambda j: j.with_changes(pid=proc.pid) if j.state is JobState.RUNNING else None,
-                          now, event=f"started pid {proc.pid} on {p.node} GPUs {gpus}")
+        retry_store(lambda: self.store.update(
+            job.id, lambda j: j.with_changes(pid=proc.pid) if same_run(j, job) else None,
+            now, event=f"started pid {proc.pid} on {p.node} GPUs {gpus}"))
         return proc, log_path
 
     def _fail_to_start(self, job: Job, err: Exception) -> None:
@@ -199,13 +233,21 @@ class Supervisor:
         self.store.update(
             job.id,
             lambda j: j.transition(JobState.FAILED, ended_at=now, exit_code=127, end_reason=reason)
-            if j.state is JobState.RUNNING else None,
+            if same_run(j, job) else None,
             now, event=reason,
         )
 
     # ---- supervise ----------------------------------------------------------------------------
 
     def _supervise(self, job: Job, proc: subprocess.Popen, log_path: Path) -> str:
+        try:
+            return self._watch(job, proc, log_path)
+        except BaseException:
+            # the supervisor is failing (or being killed): leave no process of the job behind
+            kill_group(proc.pid, signal.SIGKILL)
+            raise
+
+    def _watch(self, job: Job, proc: subprocess.Popen, log_path: Path) -> str:
         started = self.clock()
         pgid = proc.pid
         stop_kind: StopKind | None = None
@@ -223,8 +265,14 @@ class Supervisor:
             if now >= next_stop_poll:
                 next_stop_poll = now + STOP_POLL_S
                 if stop_kind is None and not timed_out:
-                    current = self.store.get(job.id)
-                    if current.stop_request is not None:
+                    try:
+                        current: Job | None = self.store.get(job.id)
+                    except StoreUnavailable:
+                        current = None  # Redis is away: keep supervising (time limit, exit) and retry
+                    if current is not None and not same_run(current, job):
+                        stop_kind = StopKind.CANCEL  # the record moved on without us: stop this stale run
+                        self._log(log_path, "gpuq: this run is no longer the job's current run")
+                    elif current is not None and current.stop_request is not None:
                         stop_kind = current.stop_request.kind
                     elif limit is not None and now - started > limit:
                         timed_out = True
@@ -240,7 +288,10 @@ class Supervisor:
                 kill_at = now + 3600  # once
             if now >= next_progress_poll:
                 next_progress_poll = now + PROGRESS_POLL_S
-                self._record_progress(job.id, progress_path)
+                try:
+                    self._record_progress(job, progress_path)
+                except StoreUnavailable:
+                    pass  # progress is best effort
             time.sleep(POLL_S)
         # Leave nothing of the job behind: its group may hold GPU memory.
         kill_group(pgid, signal.SIGKILL)
@@ -249,16 +300,15 @@ class Supervisor:
             _reap_orphans()
             time.sleep(0.02)
         _reap_orphans()
-        self._record_progress(job.id, progress_path)
         run_s = self.clock() - started
-        final = self._finish(job, rc, stop_kind, timed_out, run_s)
+        final = retry_store(lambda: self._finish(job, rc, stop_kind, timed_out, run_s))
         return f"job {job.id}: {final}"
 
     def _log(self, path: Path, text: str) -> None:
         with open(path, "ab") as log:
             log.write((text + "\n").encode())
 
-    def _record_progress(self, job_id: int, path: Path) -> None:
+    def _record_progress(self, run: Job, path: Path) -> None:
         raw = read_small(path)  # the job's user owns this file: no FIFO, symlink or huge file
         if raw is None:
             return
@@ -276,9 +326,8 @@ class Supervisor:
                 fields[k] = typ(v)
         progress = Progress(**fields)
         self.store.update(
-            job_id,
-            lambda j: j.with_changes(progress=progress) if j.state is JobState.RUNNING and j.progress != progress
-            else None,
+            run.id,
+            lambda j: j.with_changes(progress=progress) if same_run(j, run) and j.progress != progress else None,
             self.clock(),
         )
 
@@ -306,8 +355,8 @@ class Supervisor:
             to, reason = JobState.FAILED, f"exited {rc}{signal_note}"
 
         def change(j: Job) -> Job | None:
-            if j.state is not JobState.RUNNING:
-                return None
+            if not same_run(j, job):
+                return None  # reconciled or re-placed meanwhile: never overwrite a newer run
             common = dict(attained_gpu_s=j.attained_gpu_s + gpu_s, last_run_s=run_s, end_reason=reason)
             if to is JobState.PENDING:
                 return j.transition(to, requeues=j.requeues + 1, **common)
@@ -316,7 +365,7 @@ class Supervisor:
         self.store.update(job.id, change, now, event=f"{to.value}: {reason}", wake=False)
         if gpu_s > 0:
             self._add_usage(job.owner.user, gpu_equiv, now - run_s, now)
-        self.store.wake("job ended")
+        self.store.wake("job ended")  # one wake, after usage is recorded
         return f"{to.value}: {reason}"
 
     def _add_usage(self, user: str, gpus: float, started_at: float, ended_at: float) -> None:

@@ -235,3 +235,33 @@ def test_exit_75_means_requeue_and_the_checkpoint_dir_survives(daemon, open_tmp)
     assert job["requeues"] == 1
     log = daemon.cli("logs", str(j)).out
     assert "run 0 in" in log and "run 1 in" in log and "resumed from step-42" in log
+
+
+def test_daemon_killed_hard_then_restarted_requeues_its_jobs(make_daemon, open_tmp):
+    import signal as _signal
+
+    d = make_daemon("--simulate-gpus", "1x24GiB", "--grace", "2s", "--node", "crash")
+    _script(open_tmp)
+    j = d.submit("--checkpointable", "jobscript.py", "r.json", "0.2", cwd=open_tmp, env={"JOB_GATE": "go"})
+    job = d.wait_state(j, "running")
+    deadline = time.monotonic() + 10
+    while not job.get("pid"):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+        job = d.job(j)
+    old_pid = job["pid"]
+    d.proc.send_signal(_signal.SIGKILL)  # no clean shutdown: the store still says "running"
+    d.proc.wait(10)
+    d.start()
+    job = d.job(j)
+    events = [e["text"] for e in job["events"]]
+    assert any("the daemon restarted while it ran" in e for e in events), events
+    assert not Path(f"/proc/{old_pid}").exists() or "Z" in Path(f"/proc/{old_pid}/stat").read_text().split(")")[-1][:3]
+    (open_tmp / "go").touch()
+    job = d.wait_state(j, "completed", timeout=60)
+    assert job["requeues"] == 1
+    assert sum(1 for e in job["events"] if e["text"].startswith("started pid")) == 2
+    assert d.stop() == 0
+    leftover = [p for p in Path("/proc").iterdir() if p.name.isdigit() and (p / "cmdline").exists()
+                and str(d.home) in (p / "cmdline").read_bytes().decode(errors="replace")]
+    assert leftover == [], "a process of the daemon outlived it"
