@@ -97,6 +97,15 @@ class EmbeddedRedis:
         self.stop()
         raise StoreUnavailable(f"the embedded redis-server did not answer within {timeout_s:g} s; see {self.dir}/redis.log.")
 
+    def died(self) -> bool:
+        """True when the server this daemon started has exited (crashed or was killed)."""
+        return self.proc is not None and self.proc.poll() is not None
+
+    def restart(self) -> None:
+        """Start it again on the same data: AOF with fsync on every write loses nothing acknowledged."""
+        self.proc = None
+        self.start()
+
     def stop(self, timeout_s: float = 10.0) -> None:
         if self.proc is None:
             if self.reused:

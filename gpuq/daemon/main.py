@@ -117,6 +117,12 @@ class Daemon:
             log.info("gpuq daemon up: node %s, %s%d GPU(s), store %s, socket %s", cfg.node, inv,
                      len(probe.snapshot(cfg.node, time.time(), {}).gpus), redacted(url), sock)
             while not self.stop.is_set():
+                if self.redis is not None and self.redis.died():
+                    log.error("the embedded redis-server exited; starting it again on the same data")
+                    try:
+                        self.redis.restart()
+                    except StoreUnavailable as e:
+                        log.error("%s (retrying)", e)
                 try:
                     agent.tick()
                 except StoreUnavailable as e:

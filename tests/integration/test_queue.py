@@ -265,3 +265,30 @@ def test_daemon_killed_hard_then_restarted_requeues_its_jobs(make_daemon, open_t
     leftover = [p for p in Path("/proc").iterdir() if p.name.isdigit() and (p / "cmdline").exists()
                 and str(d.home) in (p / "cmdline").read_bytes().decode(errors="replace")]
     assert leftover == [], "a process of the daemon outlived it"
+
+
+def test_embedded_redis_killed_is_restarted_with_the_queue_intact(daemon, open_tmp):
+    import signal as _signal
+
+    done = daemon.submit("--gpus", "0", "--", "true", cwd=open_tmp)
+    daemon.wait_state(done, "completed")
+    blocker = daemon.submit("--gpus", "2", "--", "sleep", "30", cwd=open_tmp)
+    daemon.wait_state(blocker, "running")
+    waiting = daemon.submit("--gpus", "1", "--", "true", cwd=open_tmp)
+    pid = next(int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and (p / "cmdline").exists()
+               and b"redis-server" in (p / "cmdline").read_bytes()
+               and str(daemon.home).encode() in (p / "cmdline").read_bytes())
+    os.kill(pid, _signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while True:  # the daemon notices within a probe interval and starts it again
+        r = daemon.cli("status", "--json")
+        if r.rc == 0:
+            ids = {j["id"] for j in r.json()["jobs"]}
+            if {blocker, waiting} <= ids:
+                break
+        assert time.monotonic() < deadline, (r.err, daemon.log.read_text()[-2000:])
+        time.sleep(0.3)
+    assert daemon.job(done)["state"] == "completed"  # acknowledged before the crash: kept (AOF, fsync always)
+    assert daemon.cli("cancel", str(blocker)).rc == 0
+    daemon.wait_state(waiting, "completed", timeout=60)
+    assert "starting it again on the same data" in daemon.log.read_text()
