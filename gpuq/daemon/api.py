@@ -35,10 +35,32 @@ log = logging.getLogger("gpuq.api")
 MAX_BODY_BYTES = 8 * 1024 * 1024
 
 
+MAX_CONNECTIONS = 128
+
+
 class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
     allow_reuse_address = True
     service: Service
+    slots: threading.BoundedSemaphore  # one thread per connection, at most MAX_CONNECTIONS
+
+    def process_request(self, request, client_address):  # type: ignore[no-untyped-def]
+        if not self.slots.acquire(blocking=False):
+            try:
+                request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                                b"Connection: close\r\nContent-Length: 62\r\n\r\n"
+                                b'{"error": "the gpuq daemon is busy; try again in a moment."}  ')
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address):  # type: ignore[no-untyped-def]
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -161,6 +183,7 @@ class ApiServer:
             socket_path.unlink()
         self.server = _Server(str(socket_path), _Handler)
         self.server.service = service
+        self.server.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         os.chmod(socket_path, 0o666)
         self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.2},
                                        name="gpuq-api", daemon=True)

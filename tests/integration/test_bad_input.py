@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -136,3 +137,22 @@ def test_api_rejects_garbage_without_dying(daemon):
     s.close()
     assert reply.startswith(b"HTTP/1.1 400") and b"not valid JSON" in reply
     assert daemon.cli("status").rc == 0
+
+
+def test_idle_connections_cannot_lock_others_out(daemon):
+    from gpuq.daemon.api import MAX_CONNECTIONS
+
+    held = []
+    for _ in range(MAX_CONNECTIONS + 5):  # connect and say nothing
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(str(daemon.home / "gpuq.sock"))
+        held.append(s)
+    time.sleep(0.5)
+    r = daemon.cli("status")
+    assert r.rc != 0 and "busy" in r.err and "Traceback" not in r.err  # refused at once, not hung
+    for s in held:
+        s.close()
+    deadline = time.monotonic() + 10
+    while daemon.cli("status").rc != 0:  # the slots come back as the idle connections close
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
