@@ -405,7 +405,7 @@ class Bench:
                                   str(go), str(BLOCKER_MAX_S))[1]
         self.g.wait_started(blocker_g)
         if self.t:
-            blocker_t = self.t.submit(*self.jobpy, WAIT_FILE_THEN_STAMP, str(self.stamp("tend")), str(go),
+            self.t.submit(*self.jobpy, WAIT_FILE_THEN_STAMP, str(self.stamp("tend")), str(go),
                                       str(BLOCKER_MAX_S))[1]
         g_times, t_times, g_ids, t_ids = [], [], [], []
         for _ in range(n):  # interleaved, so both see the same load

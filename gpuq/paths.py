@@ -56,10 +56,6 @@ class Paths:
     def config_file(self) -> Path:
         return self.home / "config.toml"
 
-    @property
-    def daemon_log(self) -> Path:
-        return self.home / "daemon.log"
-
     def job_log(self, job_id: int) -> Path:
         return self.logs / f"{job_id}.log"
 

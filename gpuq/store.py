@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -59,6 +58,10 @@ def _wrap(what: str) -> Iterator[None]:
         raise StoreUnavailable(f"Redis refused a command while {what} ({e}).") from e
 
 
+def job_not_found(job_id: int) -> JobNotFound:
+    return JobNotFound(f"there is no job {job_id}; `gpuq status --all` lists the jobs.")
+
+
 def _load(raw: bytes | str | None) -> Job | None:
     if raw is None:
         return None
@@ -101,7 +104,7 @@ class Store:
         with _wrap("reading a job"):
             job = _load(self.r.get(keys.job(job_id)))
         if job is None:
-            raise JobNotFound(f"there is no job {job_id}; `gpuq status --all` lists the jobs.")
+            raise job_not_found(job_id)
         return job
 
     def get_many(self, ids: Sequence[int]) -> list[Job]:
@@ -158,7 +161,7 @@ class Store:
                                 return None  # we lost the lease: another leader decides now
                         old = _load(pipe.get(key))
                         if old is None:
-                            raise JobNotFound(f"there is no job {job_id}; `gpuq status --all` lists the jobs.")
+                            raise job_not_found(job_id)
                         new = change(old)
                         if new is None:
                             pipe.unwatch()
@@ -193,12 +196,6 @@ class Store:
     def _event(self, pipe: Pipeline, job_id: int, now: float, text: str) -> None:
         pipe.rpush(keys.job_events(job_id), json.dumps({"at": now, "text": text}))
         pipe.ltrim(keys.job_events(job_id), -EVENTS_KEPT, -1)
-
-    def add_event(self, job_id: int, text: str, now: float) -> None:
-        with _wrap("recording an event"):
-            with self.r.pipeline(transaction=False) as pipe:
-                self._event(pipe, job_id, now, text)
-                pipe.execute()
 
     def events(self, job_id: int) -> list[dict[str, Any]]:
         with _wrap("reading events"):
@@ -254,6 +251,20 @@ class Store:
                     pipe.hset(keys.REASONS, mapping={str(k): v for k, v in reasons.items()})
                 pipe.execute()
 
+    def publish_config(self, config: Mapping[str, Any]) -> None:
+        """The leader's settings that workers need (the fair-share half-life)."""
+        with _wrap("publishing the scheduler config"):
+            self.r.set(keys.CONFIG, json.dumps(dict(config)))
+
+    def published_config(self) -> dict[str, Any]:
+        with _wrap("reading the scheduler config"):
+            raw = self.r.get(keys.CONFIG)
+        try:
+            d = json.loads(raw) if raw else {}
+        except ValueError:
+            return {}
+        return d if isinstance(d, dict) else {}
+
     def reasons(self) -> dict[int, str]:
         with _wrap("reading pending reasons"):
             return {int(k): v.decode() for k, v in self.r.hgetall(keys.REASONS).items()}
@@ -281,12 +292,3 @@ class Store:
             v = self.r.get(keys.LEADER)
         return v.decode() if v else None
 
-    def now(self) -> float:
-        """Redis server time, for nodes whose clocks may drift (unused by the pure parts)."""
-        with _wrap("reading the time"):
-            s, us = self.r.time()
-        return s + us / 1e6
-
-
-def wall_now() -> float:
-    return time.time()

@@ -33,9 +33,9 @@ def find_redis_server() -> str | None:
 
 
 class EmbeddedRedis:
-    def __init__(self, data_dir: Path):
+    def __init__(self, data_dir: Path, socket: Path):
         self.dir = data_dir
-        self.socket = data_dir / "redis.sock"
+        self.socket = socket
         self.proc: subprocess.Popen | None = None
         self.reused = False  # a server left by a daemon that died: ours to stop too
 

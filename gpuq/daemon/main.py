@@ -76,7 +76,7 @@ class Daemon:
                     "is right, or leave --redis-url out to use the embedded server."
                 ) from e
             return store, self.cfg.redis_url
-        self.redis = EmbeddedRedis(self.cfg.paths.redis_dir)
+        self.redis = EmbeddedRedis(self.cfg.paths.redis_dir, self.cfg.paths.redis_socket)
         self.redis.start()
         store = Store.from_url(self.redis.url)
         store.ping()

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 from gpuq.config import DaemonConfig
-from gpuq.errors import GpuqError, InvalidInput, JobNotFound, PermissionDenied, WouldNeverFit
+from gpuq.errors import GpuqError, InvalidInput, PermissionDenied, WouldNeverFit
 from gpuq.gpus import snapshot_to_dict
 from gpuq.jobs.model import Job, JobSpec, JobState, Owner, Resources, StopKind, StopRequest
 from gpuq.scheduler.policy import never_fits
@@ -327,7 +327,3 @@ class Service:
         running = [j for j in jobs if j.state is JobState.RUNNING]
         rows = fairshare.usage_report(self.store.usage_records(), pending, running, self.cfg.policy, now)
         return {"now": now, "users": rows}
-
-
-def job_not_found(job_id: Any) -> JobNotFound:
-    return JobNotFound(f"there is no job {job_id}; `gpuq status --all` lists the jobs.")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -117,8 +116,7 @@ class SchedulerLoop:
             self.store.set_reasons(reasons)
             self._published_reasons = reasons
         if not self._published_config:
-            self.store.r.set(keys.CONFIG, json.dumps({"half_life_s": self.half_life_s,
-                                                      "policy": self.cfg.policy.policy}))
+            self.store.publish_config({"half_life_s": self.half_life_s, "policy": self.cfg.policy.policy})
             self._published_config = True
 
     def cycle(self) -> Plan:

@@ -292,11 +292,6 @@ class Cluster:
         most = max(sum(1 for i in idxs if self.fits(i, res)) for idxs in t.node_slots)
         return f"needs {format_mib(need)} on each of {res.gpus} GPUs on one node; at most {most} have that free"
 
-    def stranded_mib(self, smallest_request_mib: int) -> int:
-        """Free MiB on GPUs that hold jobs but have less free than the smallest request."""
-        return sum(f for i in range(len(self.t.gpu))
-                   if self.holders[i] and 0 < (f := self.free_mib(i)) < smallest_request_mib)
-
 
 def make_placement(cluster: Cluster, res: Resources, node: str, chosen: Sequence[int]) -> Placement:
     t = cluster.t

@@ -28,20 +28,6 @@ from gpuq.scheduler.placement import Cluster
 INF = math.inf
 
 
-def _ran_s(job: Job, now: float) -> float:
-    since = job.started_at if job.started_at is not None else job.placed_at
-    return now - since if since is not None else 0.0
-
-
-def _attained(job: Job, now: float) -> float:
-    return job.attained_gpu_s + (job.spec.resources.gpus or 1) * max(0.0, _ran_s(job, now))
-
-
-def preemptable(job: Job, config: PolicyConfig, now: float) -> bool:
-    return (job.spec.checkpointable and job.stop_request is None and job.placement is not None
-            and _ran_s(job, now) >= config.min_run_s)
-
-
 def plan_preemptions(
     blocked: Sequence[Job],
     running: Sequence[Job],

@@ -1,4 +1,4 @@
-"""The fair-share half-life as the leader published it, for workers that record usage.
+"""The fair-share half-life as the leader published it, for workers recording a run's usage.
 
 Usage records are small JSON dicts kept per user in the store (``{"gpu_s", "at"}``); the maths
 lives in :mod:`gpuq.scheduler.fairshare`.
@@ -6,19 +6,15 @@ lives in :mod:`gpuq.scheduler.fairshare`.
 
 from __future__ import annotations
 
-import json
 from typing import Any
-
-from gpuq import keys
 
 DEFAULT_HALF_LIFE_S = 7 * 86400.0
 
 
 def half_life_from_store(store: Any) -> float:
+    value = store.published_config().get("half_life_s", DEFAULT_HALF_LIFE_S)
     try:
-        raw = store.r.get(keys.CONFIG)
-        if raw:
-            return float(json.loads(raw).get("half_life_s", DEFAULT_HALF_LIFE_S))
-    except (ValueError, TypeError):
-        pass
-    return DEFAULT_HALF_LIFE_S
+        half_life_s = float(value)
+    except (TypeError, ValueError):
+        return DEFAULT_HALF_LIFE_S
+    return half_life_s if half_life_s > 0 else DEFAULT_HALF_LIFE_S

@@ -21,7 +21,6 @@ The contract with training scripts (and with ``gpuq.jobs.tf``):
 
 from __future__ import annotations
 
-from typing import Mapping
 
 from gpuq.jobs.model import REQUEUE_EXIT_CODE, Job
 
@@ -67,8 +66,3 @@ def build_job_env(
         env["GPUQ_SIMULATED_GPU_DIR"] = simulated_gpu_dir
     env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
     return env
-
-
-def describe_env(env: Mapping[str, str]) -> str:
-    keys = sorted(k for k in env if k.startswith(("CUDA_", "GPUQ_", "TF_", "XLA_", "PYTORCH_")))
-    return " ".join(f"{k}={env[k]}" for k in keys)
