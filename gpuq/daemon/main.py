@@ -18,7 +18,7 @@ from gpuq.daemon.api import ApiServer
 from gpuq.daemon.embedded_redis import EmbeddedRedis
 from gpuq.daemon.service import Service
 from gpuq.errors import GpuqError, StoreUnavailable
-from gpuq.scheduler.loop import SchedulerLoop
+from gpuq.daemon.scheduler_loop import SchedulerLoop
 from gpuq.store import Store, redacted
 from gpuq.workers.agent import NodeAgent
 from gpuq.workers.probe import make_probe
