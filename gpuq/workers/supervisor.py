@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Callable
 
 from gpuq import keys
-from gpuq.errors import GpuqError, StoreUnavailable
+from gpuq.errors import GpuqError, JobNotFound, RecordSetAside, StoreUnavailable
 from gpuq.jobs.model import REQUEUE_EXIT_CODE, Job, JobState, Progress, StopKind
 from gpuq.safefile import read_small
 from gpuq.store import Store
@@ -50,6 +50,9 @@ _PR_SET_CHILD_SUBREAPER = 36
 _PROGRESS_FIELDS = (("step", int), ("total", int), ("epoch", int), ("loss", float), ("eta_s", float),
                     ("updated_at", float))
 _INT_MAX = 2**53
+
+
+_GONE = object()  # the job's record no longer exists (or could not be read and was set aside)
 
 
 class StartFailed(GpuqError):
@@ -329,7 +332,10 @@ class Supervisor:
                     if now >= next_beat:
                         next_beat = now + self.ctx.heartbeat_s
                     if stop_kind is None and not timed_out:
-                        if current is not None and not same_run(current, job):
+                        if current is _GONE:
+                            stop_kind, stop_by = StopKind.CANCEL, "gpuq (its record is gone or was set aside)"
+                            log.note("the job's record is gone or unreadable: stopping it")
+                        elif current is not None and not same_run(current, job):
                             stop_kind, stop_by = StopKind.CANCEL, "gpuq (a newer run)"
                             log.note("this run is no longer the job's current run")
                         elif current is not None and current.stop_request is not None:
@@ -377,7 +383,7 @@ class Supervisor:
                 return False
             log.write(data)
 
-    def _poll(self, job: Job, beat: bool, pid: int) -> Job | None:
+    def _poll(self, job: Job, beat: bool, pid: int) -> Job | object | None:
         """The job's record (None while Redis is away); records a buffered pid; the heartbeat."""
         try:
             self._record_pid(job)
@@ -388,6 +394,8 @@ class Supervisor:
             return self.store.get(job.id)
         except StoreUnavailable:
             return None
+        except (JobNotFound, RecordSetAside):
+            return _GONE
         except Exception as e:  # redis errors outside the store's wrapping: same as away
             if type(e).__module__.startswith("redis"):
                 return None
