@@ -39,6 +39,7 @@ class EmbeddedRedis:
         self.proc: subprocess.Popen | None = None
         self.reused = False  # a server left by a daemon that died: ours to stop too
         self.reused_pid: int | None = None  # its process, watched like one we started
+        self.restart_failed = False
 
     @property
     def url(self) -> str:
@@ -110,6 +111,8 @@ class EmbeddedRedis:
     def died(self) -> bool:
         """True when the server has exited (crashed or was killed), whether this daemon started it
         or reused one left by a daemon that died."""
+        if self.restart_failed:
+            return True
         if self.proc is not None:
             return self.proc.poll() is not None
         if self.reused:
@@ -133,7 +136,9 @@ class EmbeddedRedis:
         self.proc = None
         self.reused = False
         self.reused_pid = None
+        self.restart_failed = True  # until it answers: the next probe interval tries again
         self.start()
+        self.restart_failed = False
 
     def stop(self, timeout_s: float = 10.0) -> None:
         if self.proc is None:
