@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from gpuq.errors import ConfigError, GpuqError
-from gpuq.paths import Paths, default_home
+from gpuq.paths import Paths, config_files, default_home
 from gpuq.scheduler.policy import PolicyConfig
 from gpuq.units import parse_duration_s
 
@@ -28,6 +28,7 @@ class DaemonConfig:
     max_workers: int = 64  # RQ worker processes per node (one per concurrently running job)
     spare_workers: int = 2  # idle workers kept ready so a placement starts at once
     scheduler: bool = True  # take part in the scheduler leader election
+    keep_impossible_dependents: bool = False  # True: a job whose dependency failed stays pending
     policy: PolicyConfig = field(default_factory=PolicyConfig)
 
     @property
@@ -36,7 +37,7 @@ class DaemonConfig:
 
 
 _KNOWN = {"redis_url", "simulate_gpus", "grace", "cycle", "probe_interval", "node", "node_ttl", "max_workers",
-          "spare_workers", "scheduler"}
+          "spare_workers", "scheduler", "keep_impossible_dependents"}
 
 
 def _policy_from(table: Mapping[str, Any]) -> PolicyConfig:
@@ -57,7 +58,7 @@ def load_config(
     """Build the config: file (``$GPUQ_HOME/config.toml`` or ``config_file``), then the
     environment (``GPUQ_REDIS_URL``, ``GPUQ_SIMULATE_GPUS``, ``GPUQ_NODE``), then ``overrides``."""
     home = home or default_home()
-    path = config_file or Paths(home).config_file
+    path = config_file or next((p for p in config_files(home) if p.exists()), Paths(home).config_file)
     data: dict[str, Any] = {}
     if config_file is not None or path.exists():
         try:
@@ -83,8 +84,9 @@ def load_config(
         for k in ("max_workers", "spare_workers"):
             if k in daemon:
                 simple[k] = int(daemon[k])
-        if "scheduler" in daemon:
-            simple["scheduler"] = bool(daemon["scheduler"])
+        for k in ("scheduler", "keep_impossible_dependents"):
+            if k in daemon:
+                simple[k] = bool(daemon[k])
         cfg = replace(cfg, **simple)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"config file {path}: a [daemon] value has the wrong type ({e}).") from None

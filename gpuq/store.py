@@ -100,6 +100,21 @@ class Store:
                 pipe.execute()
         return job
 
+    def submit_many(self, count: int, build: Callable[[int], list[Job]], now: float) -> list[Job]:
+        """Allocate ``count`` consecutive ids (the first is passed to ``build``, which returns the
+        jobs) and store them all in one transaction: a job array is one request, one fsync."""
+        with _wrap("submitting jobs"):
+            first = int(self.r.incrby(keys.NEXT_JOB_ID, count)) - count + 1
+            jobs = build(first)
+            with self.r.pipeline(transaction=True) as pipe:
+                pipe.mset({keys.job(j.id): _dump(j) for j in jobs})
+                pipe.sadd(keys.ACTIVE, *[j.id for j in jobs])
+                for j in jobs:
+                    self._event(pipe, j.id, now, f"submitted by {j.owner.user}")
+                pipe.lpush(keys.WAKE, "submit")
+                pipe.execute()
+        return jobs
+
     def get(self, job_id: int) -> Job:
         with _wrap("reading a job"):
             job = _load(self.r.get(keys.job(job_id)))
@@ -129,6 +144,13 @@ class Store:
         with _wrap("reading finished jobs"):
             ids = [int(i) for i in self.r.zrevrange(keys.FINISHED, 0, limit - 1)]
         return self.get_many(ids)
+
+    def finished_ids(self, since: float | None, until: float | None, offset: int, count: int) -> list[int]:
+        """Ids of jobs that ended in [since, until), newest first (for `gpuq history`)."""
+        hi = f"({until}" if until is not None else "+inf"
+        lo = since if since is not None else "-inf"
+        with _wrap("reading the history"):
+            return [int(i) for i in self.r.zrevrangebyscore(keys.FINISHED, hi, lo, start=offset, num=count)]
 
     def states_of(self, ids: Sequence[int]) -> dict[int, JobState]:
         return {j.id: j.state for j in self.get_many(list(ids))}

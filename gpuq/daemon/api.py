@@ -8,6 +8,9 @@ socket's peer credentials (SO_PEERCRED), never by anything in the request.
     GET  /v1/jobs/ID/log?offset=N    log bytes from N; headers X-Gpuq-Offset, X-Gpuq-State
     POST /v1/jobs                    submit (JSON body)
     POST /v1/jobs/cancel|hold|release|requeue   {"ids": [...]}
+    GET  /v1/jobs/ID/log-tail?lines=N  {"offset": where the last N lines begin}
+    POST /v1/jobs/lookup             {"ids": [17, "17_3"]} -> the jobs (array ids expanded)
+    GET  /v1/history?user=U&state=S&since=T&until=T&limit=N   finished jobs, newest first
     GET  /v1/usage                   fair-share usage per user
     GET  /v1/health
 
@@ -117,6 +120,13 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._send_json(200, svc.status(caller, include_finished=query.get("all", ["0"])[0] == "1"))
             if method == "GET" and route == ["usage"]:
                 return self._send_json(200, svc.usage(caller))
+            if method == "POST" and route == ["jobs", "lookup"]:
+                ids = self._body().get("ids")
+                if not isinstance(ids, list) or not ids or len(ids) > 10_000:
+                    raise InvalidInput("give one or more job ids.")
+                return self._send_json(200, {"jobs": svc.lookup(caller, ids)})
+            if method == "GET" and route == ["history"]:
+                return self._send_json(200, svc.history(caller, query))
             if method == "POST" and route == ["jobs"]:
                 return self._send_json(201, svc.submit(caller, self._body()))
             if method == "POST" and len(route) == 2 and route[0] == "jobs" and route[1] in (
@@ -130,6 +140,12 @@ class _Handler(BaseHTTPRequestHandler):
                 job_id = _job_id(route[1])
                 if len(route) == 2:
                     return self._send_json(200, svc.job(caller, job_id))
+                if route[2:] == ["log-tail"]:
+                    try:
+                        lines = int(query.get("lines", ["10"])[0])
+                    except ValueError:
+                        raise InvalidInput("lines must be a whole number.") from None
+                    return self._send_json(200, {"offset": svc.log_tail_offset(caller, job_id, max(0, lines))})
                 if route[2:] == ["log"]:
                     try:
                         offset = int(query.get("offset", ["0"])[0] or 0)

@@ -6,6 +6,7 @@ a request body never says who is asking.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pwd
 import shutil
@@ -13,6 +14,10 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 from gpuq.config import DaemonConfig
+from gpuq.daemon.history import history as finished_history
+from gpuq.daemon.logtail import tail_offset
+from gpuq.daemon.arrays import (PLACEHOLDER, array_commands, array_size, expand_ids, member_ref, notify_command,
+                                parse_array, resolved_per_element, substitute)
 from gpuq.errors import GpuqError, InvalidInput, PermissionDenied, WouldNeverFit
 from gpuq.gpus import snapshot_to_dict
 from gpuq.jobs.model import Job, JobSpec, JobState, Owner, Resources, StopKind, StopRequest
@@ -73,6 +78,8 @@ def resolve_command(argv: Sequence[str], cwd: str, env: Mapping[str, str]) -> tu
         if not os.access(exe, os.X_OK):
             raise InvalidInput(f"{first} is not executable: run `chmod +x {first}` or submit it as `-- bash {first}`.")
         return (exe, *argv[1:])
+    if os.path.isfile(os.path.join(cwd, first)):  # `gpuq submit run.sh` runs ./run.sh, as sbatch does
+        return resolve_command((f"./{first}", *argv[1:]), cwd, env)
     exe = shutil.which(first, path=path)
     if exe is None:
         raise InvalidInput(f"command {first!r} is not on your PATH and is not a file in {cwd}: check the name.")
@@ -150,13 +157,7 @@ class Service:
         argv, cwd, env, opts = parse_submission(body)
         resources = build_resources(opts)
         time_limit = opts.get("time_limit")
-        after_raw = opts.get("after") or []
-        if not isinstance(after_raw, list):
-            after_raw = [after_raw]
-        try:
-            after = tuple(int(a) for a in after_raw)
-        except (TypeError, ValueError):
-            raise InvalidInput(f"--after takes job ids, not {after_raw!r}.") from None
+        after, after_any, after_notok = (self._dependencies(opts, k) for k in ("after", "after_any", "after_notok"))
         priority = _opt_int(opts, "priority", 0)
         if not -1000 <= priority <= 1000:
             raise InvalidInput(f"--priority {priority} is out of range: give a whole number from -1000 to 1000.")
@@ -167,25 +168,59 @@ class Service:
         if len(name) > 200:
             raise InvalidInput("--name is longer than 200 characters: give a shorter name.")
         spec = JobSpec(
-            argv=resolve_command(argv, cwd, env), cwd=cwd, env=env, name=name, priority=priority, after=after,
+            argv=tuple(argv) if resolved_per_element(opts, argv) else resolve_command(argv, cwd, env),
+            cwd=cwd, env=env, name=name, priority=priority, after=after,
             time_limit_s=None if time_limit in (None, "") else parse_duration_s(str(time_limit), what="--time-limit"),
             checkpointable=bool(opts.get("checkpointable", False)), resources=resources,
+            after_any=after_any, after_notok=after_notok, notify=notify_command(opts),
         )
-        for dep in after:
-            self.store.get(dep)  # raises JobNotFound with a clear sentence
         why = never_fits(resources, self.store.nodes())
         if why is not None:
             raise WouldNeverFit(f"this job could never run: {why}; ask for less.")
         if self.submit_limits is not None:
             mine = sum(1 for j in self.store.active_jobs()
                        if j.owner.uid == caller.uid and j.state in (JobState.PENDING, JobState.HELD))
-            self.submit_limits(caller.user, mine)
+            self.submit_limits(caller.user, mine + array_size(opts) - 1)
         now = self.clock()
+        if opts.get("array") not in (None, "") or opts.get("commands") is not None:
+            return self._submit_array(caller, spec, opts, now)
         job = self.store.submit(
             lambda job_id: Job(id=job_id, spec=spec, owner=caller.owner(), state=JobState.PENDING, submitted_at=now),
             now,
         )
         return {"id": job.id, "job": self._public(job, caller, now)}
+
+    def _dependencies(self, opts: Mapping[str, Any], key: str) -> tuple[int, ...]:
+        """The job ids of one kind of dependency; an array id stands for all of its jobs."""
+        raw = opts.get(key) or []
+        if not isinstance(raw, list):
+            raw = [raw]
+        if len(raw) > 1000:
+            raise InvalidInput(f"--{key.replace('_', '-')} names more than 1000 jobs: give an array id instead.")
+        return tuple(expand_ids(raw, self.store.get, self.store.get_many, f"--{key.replace('_', '-')}"))
+
+    def _submit_array(self, caller: Caller, spec: JobSpec, opts: Mapping[str, Any], now: float) -> dict[str, Any]:
+        """One request, many jobs: ``--array`` over one command, or ``--from FILE`` (one per line)."""
+        commands = array_commands(opts)
+        indices, limit = parse_array(str(opts.get("array") or ""), len(commands) if commands is not None else None)
+        argvs: list[tuple[str, ...]] = []
+        for i in indices:
+            if commands is not None:
+                argvs.append(resolve_command(commands[i], spec.cwd, spec.env))
+            elif PLACEHOLDER in spec.argv[0]:
+                argvs.append(resolve_command(substitute(opts["argv"], i), spec.cwd, spec.env))
+            else:
+                argvs.append(tuple(substitute(spec.argv, i)))
+        owner = caller.owner()
+
+        def build(first: int) -> list[Job]:
+            return [Job(id=first + n, owner=owner, state=JobState.PENDING, submitted_at=now,
+                        spec=dataclasses.replace(spec, argv=argv, array=member_ref(first, i, len(indices), limit)))
+                    for n, (i, argv) in enumerate(zip(indices, argvs))]
+
+        jobs = self.store.submit_many(len(indices), build, now)
+        return {"id": jobs[0].id, "array_id": jobs[0].id, "ids": [j.id for j in jobs],
+                "limit": limit, "indices": indices}
 
     # ---- read ---------------------------------------------------------------------------------
 
@@ -194,9 +229,9 @@ class Service:
         d = job.to_dict(with_env=with_env and (caller.is_root or caller.uid == job.owner.uid))
         d["display_name"] = job.display_name
         if job.state is JobState.RUNNING and job.started_at is not None:
-            d["elapsed_s"] = now - job.started_at
-        elif job.state.terminal and job.ended_at is not None and job.last_run_s:
-            d["elapsed_s"] = job.last_run_s
+            d["elapsed_s"] = job.total_run_s + (now - job.started_at)  # every run, this one included
+        elif job.total_run_s:
+            d["elapsed_s"] = job.total_run_s
         if reasons is not None and job.id in reasons:
             d["reason"] = reasons[job.id]
         elif job.state is JobState.HELD:
@@ -250,22 +285,49 @@ class Service:
             data = b""
         return data, max(0, offset) + len(data), job
 
+    def lookup(self, caller: Caller, ids: Sequence[Any]) -> list[dict[str, Any]]:
+        """The jobs that job ids, array ids and ``ARRAY_INDEX`` name (no environments)."""
+        now = self.clock()
+        reasons = self.store.reasons()
+        wanted = expand_ids(ids, self.store.get, self.store.get_many, "job ids")
+        return [self._public(j, caller, now, reasons, with_env=False) for j in self.store.get_many(wanted)]
+
+    def log_tail_offset(self, caller: Caller, job_id: int, lines: int) -> int:
+        """Where the last ``lines`` lines of the job's log begin (`gpuq logs --tail N`)."""
+        job = self.store.get(job_id)
+        if not caller.is_root and caller.uid != job.owner.uid:
+            raise PermissionDenied(f"job {job_id} belongs to {job.owner.user}: only its owner or root may read its log.")
+        return tail_offset(self.cfg.paths.job_log(job_id), lines)
+
+    def history(self, caller: Caller, query: Mapping[str, Sequence[str]]) -> dict[str, Any]:
+        return {"jobs": finished_history(self.store, query)}
+
     # ---- change -------------------------------------------------------------------------------
 
-    def _act(self, caller: Caller, ids: Sequence[int], verb: str,
+    def _act(self, caller: Caller, ids: Sequence[Any], verb: str,
              change: Callable[[Job], Job | None]) -> list[dict[str, Any]]:
-        out = []
-        for job_id in ids:
+        out: list[dict[str, Any]] = []
+        for raw in ids:
             try:
-                job = self.store.get(int(job_id))
-                self._may_change(caller, job, verb)
-                new = self.store.update(job.id, change, self.clock(), event=f"{verb} by {caller.user}")
-                final = new or self.store.get(job.id)
-                out.append({"id": job.id, "ok": True, "state": final.state.value,
-                            "stopping": final.stop_request is not None})
+                targets = expand_ids([raw], self.store.get, self.store.get_many, verb)  # an array id: all its jobs
             except GpuqError as e:
-                out.append({"id": job_id, "ok": False, "error": str(e), "status": e.http_status})
+                out.append({"id": raw, "ok": False, "error": str(e), "status": e.http_status})
+                continue
+            for job_id in targets:
+                out.append(self._act_one(caller, job_id, verb, change))
         return out
+
+    def _act_one(self, caller: Caller, job_id: int, verb: str, change: Callable[[Job], Job | None]) -> dict[str, Any]:
+        try:
+            job = self.store.get(int(job_id))
+            self._may_change(caller, job, verb)
+            new = self.store.update(job.id, change, self.clock(), event=f"{verb} by {caller.user}")
+            final = new or self.store.get(job.id)
+            return {"id": job.id, "ok": True, "state": final.state.value, "changed": new is not None,
+                    "stopping": final.stop_request is not None,
+                    "stop_kind": final.stop_request.kind.value if final.stop_request is not None else None}
+        except GpuqError as e:
+            return {"id": job_id, "ok": False, "error": str(e), "status": e.http_status}
 
     def cancel(self, caller: Caller, ids: Sequence[int]) -> list[dict[str, Any]]:
         now = self.clock()

@@ -18,6 +18,7 @@ from typing import Any, Mapping, Sequence
 from gpuq.gpus import NodeSnapshot
 from gpuq.jobs.model import Job, JobState, Placement
 from gpuq.scheduler.backfill import hold_for_head
+from gpuq.scheduler.dependencies import ArrayThrottle, dependency_reason
 from gpuq.scheduler.config import PolicyConfig, UserLimits, check_submit_limits
 from gpuq.scheduler.fairshare import ShareState, ongoing_usage, share_states, usage_values
 from gpuq.scheduler.ordering import PendingIndex, remaining_s
@@ -26,7 +27,7 @@ from gpuq.scheduler.preemption import plan_preemptions
 from gpuq.units import format_duration
 
 __all__ = ["PolicyConfig", "UserLimits", "Start", "Preempt", "Plan", "plan", "PendingIndex",
-           "check_submit_limits", "dependency_reason", "fairshare_states"]
+           "check_submit_limits", "fairshare_states"]
 
 INF = math.inf
 #: with preemption on, the first this many waiting jobs are considered for preemption
@@ -52,16 +53,13 @@ class Plan:
     reasons: Mapping[int, str] = field(default_factory=dict)
 
 
-def dependency_reason(job: Job, finished: Mapping[int, JobState]) -> str | None:
-    """None when every ``--after`` job completed; else why the job waits."""
-    for dep in job.spec.after:
-        state = finished.get(dep)
-        if state is JobState.COMPLETED:
-            continue
-        if state is not None and state.terminal:
-            return f"after job {dep}, which ended {state.value}: it will never start; cancel it"
-        return f"after job {dep}"
-    return None
+def waits_for_other_jobs(job: Job, finished: Mapping[int, JobState], throttle: ArrayThrottle) -> str | None:
+    """Dependencies (--after, --after-any, --after-notok) and array throttles (--array ...%N)."""
+    if job.spec.after or job.spec.after_any or job.spec.after_notok:
+        dep = dependency_reason(job, finished)
+        if dep is not None:
+            return dep
+    return throttle.reason(job)
 
 
 def fairshare_states(pending: Sequence[Job] | PendingIndex, running: Sequence[Job],
@@ -124,6 +122,7 @@ def plan(
         for j in running:
             user_gpus[j.owner.user] = user_gpus.get(j.owner.user, 0) + j.spec.resources.gpus
     limits_cache: dict[str, UserLimits] = {}
+    throttle = ArrayThrottle(running)
 
     starts: list[Start] = []
     reasons: dict[int, str] = {}
@@ -147,11 +146,10 @@ def plan(
         if job.state is JobState.HELD:
             reasons[job.id] = "held"
             continue
-        if job.spec.after:
-            dep = dependency_reason(job, finished)
-            if dep is not None:
-                reasons[job.id] = dep
-                continue
+        wait = waits_for_other_jobs(job, finished, throttle)
+        if wait is not None:
+            reasons[job.id] = wait
+            continue
         res = job.spec.resources
         shape = shape_of(res)
         if shape not in never:
@@ -179,6 +177,7 @@ def plan(
                 reasons[job.id] = "no node is up"
                 continue
             starts.append(Start(job.id, Placement(node=node)))
+            throttle.started(job)
             continue
         tl = job.spec.time_limit_s
         end_at = now + max(remaining_s(job), 0.0) if tl is not None else INF
@@ -195,6 +194,7 @@ def plan(
                 placement = make_placement(cluster, res, node, chosen)
                 cluster.reserve(placement, end_at)
                 starts.append(Start(job.id, placement))
+                throttle.started(job)
                 user_gpus[user] = used + res.gpus
                 continue
             why = cluster.why_not(res) if explain else "-"

@@ -357,7 +357,8 @@ class Supervisor:
         def change(j: Job) -> Job | None:
             if not same_run(j, job):
                 return None  # reconciled or re-placed meanwhile: never overwrite a newer run
-            common = dict(attained_gpu_s=j.attained_gpu_s + gpu_s, last_run_s=run_s, end_reason=reason)
+            common = dict(attained_gpu_s=j.attained_gpu_s + gpu_s, last_run_s=run_s, total_run_s=j.total_run_s + run_s,
+                          end_reason=reason)
             if to is JobState.PENDING:
                 return j.transition(to, requeues=j.requeues + 1, **common)
             return j.transition(to, ended_at=now, exit_code=rc, **common)
