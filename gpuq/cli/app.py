@@ -121,6 +121,8 @@ def submit(
     if commands is not None:
         body["commands"] = commands
     res = _client().call("POST", "/v1/jobs", body)
+    for note in res.get("notes", []):
+        typer.echo(f"gpuq: note: {note}", err=True)
     if as_json:
         _print_json(res.get("job") or res)
     elif quiet:

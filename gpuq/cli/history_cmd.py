@@ -15,8 +15,8 @@ from urllib.parse import urlencode
 import typer
 
 from gpuq.cli.client import Client
-from gpuq.cli.queue_view import FINISHED, printable
-from gpuq.cli.render import table
+from gpuq.cli.queue_view import FINISHED
+from gpuq.cli.render import safe, table
 from gpuq.errors import InvalidInput
 from gpuq.units import format_duration, parse_duration_s
 
@@ -77,7 +77,7 @@ def _ts(t: float | None) -> str:
 def render(rows: Sequence[dict[str, Any]]) -> str:
     if not rows:
         return "No finished jobs match."
-    body = [[str(r["id"]), printable(r["name"])[:24], printable(r["user"]), r["state"],
+    body = [[str(r["id"]), safe(r["name"])[:24], safe(r["user"]), r["state"],
              "-" if r.get("exit_code") is None else str(r["exit_code"]), _ts(r["submitted_at"]), _ts(r["ended_at"]),
              format_duration(r["wait_s"]), format_duration(r["run_s"]), f"{r['gpu_hours']:.2f}"] for r in rows]
     return table(["ID", "NAME", "USER", "STATE", "EXIT", "SUBMITTED", "ENDED", "WAIT", "RUN", "GPU-H"], body)

@@ -3,27 +3,19 @@
 * GPUS is always how many GPUs a job asks for; ON is where a running job is (GPU indices, with
   the node when there are several).  One column, one meaning.
 * A job array is one line (``17_[0-99%8]``) with its jobs counted by state, unless expanded.
-* Everything a user controls (names, reasons, progress) is shown as data: control characters
-  become ``?`` so a job name cannot drive the terminal.
+* Everything a user controls (names, reasons, progress) goes through ``render.safe``: a job name
+  cannot drive the terminal.
 """
 
 from __future__ import annotations
 
 from typing import Any, Iterable, Sequence
 
-from gpuq.cli.render import job_note, table
+from gpuq.cli.render import job_note, safe, table
 from gpuq.units import format_duration, format_mib
 
 STATES = ("pending", "held", "running", "completed", "failed", "cancelled", "timeout")
 FINISHED = frozenset({"completed", "failed", "cancelled", "timeout"})
-_CONTROL = {c: "?" for c in range(32)} | {127: "?"} | {c: "?" for c in range(0x80, 0xA0)}
-
-
-def printable(text: Any) -> str:
-    """User-controlled text made safe to print on a terminal."""
-    return str(text).translate(_CONTROL)
-
-
 def parse_states(text: str | None) -> set[str] | None:
     """``--state running,pending`` -> the set; unknown names are an error the caller reports."""
     if not text:
@@ -86,8 +78,8 @@ def array_label(a: dict[str, Any], indices: Sequence[int]) -> str:
 
 def _job_row(j: dict[str, Any], multi_node: bool, label: str | None = None) -> list[str]:
     elapsed = format_duration(j["elapsed_s"]) if j.get("elapsed_s") is not None else "-"
-    return [label or str(j["id"]), printable(j.get("display_name", ""))[:24], printable(j["owner"]["user"]),
-            j["state"], str(gpu_count(j)), where(j, multi_node), memory(j), elapsed, printable(job_note(j))]
+    return [label or str(j["id"]), safe(j.get("display_name", ""))[:24], safe(j["owner"]["user"]),
+            j["state"], str(gpu_count(j)), where(j, multi_node), memory(j), elapsed, safe(job_note(j))]
 
 
 def _array_row(members: list[dict[str, Any]], multi_node: bool) -> list[str]:
@@ -104,8 +96,8 @@ def _array_row(members: list[dict[str, Any]], multi_node: bool) -> list[str]:
     waiting = [m for m in members if m["state"] in ("pending", "held")]
     note = f"next {m_id(waiting[0])}: {job_note(waiting[0])}" if waiting else ""
     label = array_label(a, [m["spec"]["array"]["index"] for m in members])
-    return [label, printable(first.get("display_name", ""))[:24], printable(first["owner"]["user"]), state,
-            f"{gpu_count(first)} each", on, memory(first), "-", printable(note)]
+    return [label, safe(first.get("display_name", ""))[:24], safe(first["owner"]["user"]), state,
+            f"{gpu_count(first)} each", on, memory(first), "-", safe(note)]
 
 
 def m_id(job: dict[str, Any]) -> str:

@@ -48,11 +48,12 @@ def queue_json(client: Client, f: Filters) -> dict[str, Any]:
 
 
 def queue_text(client: Client, f: Filters, expand: bool) -> str:
-    from gpuq.cli.render import gpus_table
+    from gpuq.cli.render import gpus_table, notices
 
     st = _status(client, f)
-    return queue_view.jobs_table(st["jobs"], multi_node=len(st["nodes"]) > 1, expand=expand) + "\n\n" + \
+    text = queue_view.jobs_table(st["jobs"], multi_node=len(st["nodes"]) > 1, expand=expand) + "\n\n" + \
         gpus_table(st["nodes"])
+    return text + ("\n\n" + notices(st) if notices(st) else "")
 
 
 def lookup(client: Client, ids: Sequence[str]) -> list[dict[str, Any]]:

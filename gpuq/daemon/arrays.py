@@ -12,7 +12,7 @@ Commands that take job ids also take an array id (all of its jobs) and ``ARRAY_I
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Sequence
 
 from gpuq.errors import InvalidInput
 from gpuq.jobs.model import ArrayMember, Job
@@ -98,42 +98,3 @@ def expand_ids(raw: Sequence[Any], get: Callable[[int], Job], get_many: Callable
         out.append(found[0])
     return list(dict.fromkeys(out))
 
-
-MAX_NOTIFY_CHARS = 4096
-
-
-def array_commands(opts: Mapping[str, Any]) -> list[list[str]] | None:
-    """The commands of ``--from FILE`` (one argv per line), checked; None without ``--from``."""
-    raw = opts.get("commands")
-    if raw is None:
-        return None
-    if not isinstance(raw, list) or not raw or not all(
-            isinstance(c, list) and c and all(isinstance(a, str) for a in c) for c in raw):
-        raise InvalidInput("--from: the file has no commands; write one command per line.")
-    if len(raw) > MAX_ARRAY_JOBS:
-        raise InvalidInput(f"--from: the file has more than {MAX_ARRAY_JOBS} commands: split it.")
-    return raw
-
-
-def array_size(opts: Mapping[str, Any]) -> int:
-    """How many jobs a submit request makes (1 for a plain job); checks the request's array part."""
-    if opts.get("array") in (None, "") and opts.get("commands") is None:
-        return 1
-    commands = array_commands(opts)
-    return len(parse_array(str(opts.get("array") or ""), len(commands) if commands is not None else None)[0])
-
-
-def notify_command(opts: Mapping[str, Any]) -> str:
-    """``--notify CMD``: a shell command run as the job's owner when it ends."""
-    cmd = opts.get("notify") or ""
-    if not isinstance(cmd, str) or len(cmd) > MAX_NOTIFY_CHARS or "\0" in cmd:
-        raise InvalidInput(f"--notify must be one shell command of at most {MAX_NOTIFY_CHARS} characters.")
-    return cmd.strip()
-
-
-def resolved_per_element(opts: Mapping[str, Any], argv: Sequence[str]) -> bool:
-    """True when each array element's command must be resolved on its own (``--from FILE``, or
-    ``{}`` in the program's name)."""
-    if opts.get("commands") is not None:
-        return True
-    return opts.get("array") not in (None, "") and PLACEHOLDER in argv[0]

@@ -123,6 +123,10 @@ def plan(
             user_gpus[j.owner.user] = user_gpus.get(j.owner.user, 0) + j.spec.resources.gpus
     limits_cache: dict[str, UserLimits] = {}
     throttle = ArrayThrottle(running)
+    user_cpu: dict[str, int] = {}  # CPU-only jobs running per user
+    for j in running:
+        if j.spec.resources.gpus == 0:
+            user_cpu[j.owner.user] = user_cpu.get(j.owner.user, 0) + 1
 
     starts: list[Start] = []
     reasons: dict[int, str] = {}
@@ -172,12 +176,11 @@ def plan(
             waiting_ahead += 1
             continue
         if res.gpus == 0:
-            node = cluster.names[0] if cluster.names else None
-            if node is None:
-                reasons[job.id] = "no node is up"
-                continue
-            starts.append(Start(job.id, Placement(node=node)))
-            throttle.started(job)
+            why_cpu = _cpu_only_start(job, lim, cluster, user_cpu, starts)
+            if why_cpu is not None:
+                reasons[job.id] = why_cpu
+            else:
+                throttle.started(job)
             continue
         tl = job.spec.time_limit_s
         end_at = now + max(remaining_s(job), 0.0) if tl is not None else INF
@@ -227,6 +230,26 @@ def plan(
     preempts = plan_preemptions(blocked, running, cluster, states or _states_for_preempt(
         index, running, usage, config, now), config, now) if want_preempt and blocked else []
     return Plan(starts=tuple(starts), preempts=tuple(Preempt(i, r) for i, r in preempts), reasons=reasons)
+
+
+def _cpu_only_start(job: Job, lim: UserLimits, cluster: Cluster, user_cpu: dict[str, int],
+                    starts: list[Start]) -> str | None:
+    """Start a CPU-only job in a free CPU slot (a node resource, like a GPU); or why it waits.
+    Without a per-user limit a user may hold half of the cluster's slots (at least one)."""
+    user = job.owner.user
+    total = cluster.cpu_slots_total()
+    limit = lim.max_cpu_jobs if lim.max_cpu_jobs is not None else (
+        None if total == INF else max(1, int(total) // 2))
+    have = user_cpu.get(user, 0)
+    if limit is not None and have >= limit:
+        return f"user limit: you have {have}/{limit} CPU-only jobs running"
+    node = cluster.fit_cpu()
+    if node is None:
+        return cluster.why_not_cpu()
+    cluster.take_cpu(node)
+    user_cpu[user] = have + 1
+    starts.append(Start(job.id, Placement(node=node)))
+    return None
 
 
 def _states_for_preempt(index, running, usage, config, now) -> dict[str, ShareState]:

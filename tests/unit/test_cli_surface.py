@@ -4,7 +4,7 @@ import pytest
 import typer
 
 from gpuq.cli.app import app
-from gpuq.cli.queue_view import array_label, printable
+from gpuq.cli.queue_view import array_label
 from gpuq.daemon.arrays import parse_array, substitute
 from gpuq.errors import InvalidInput
 
@@ -44,7 +44,6 @@ def test_from_file_arrays_and_placeholders():
     assert substitute(["train.py", "--seed", "{}", "out-{}.txt"], 7) == ["train.py", "--seed", "7", "out-7.txt"]
 
 
-def test_array_label_and_terminal_safety():
+def test_array_label():
     assert array_label({"array_id": 17, "limit": 8}, list(range(100))) == "17_[0-99%8]"
     assert array_label({"array_id": 17}, [1, 3, 4, 5]) == "17_[1,3-5]"
-    assert printable("evil\x1b[2Jname\x07") == "evil?[2Jname?"
