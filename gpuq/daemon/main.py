@@ -159,7 +159,7 @@ class Daemon:
 
 def _submit_limits(cfg: DaemonConfig):
     try:
-        from gpuq.scheduler.fairshare import check_submit_limits
+        from gpuq.scheduler.config import check_submit_limits
     except ImportError:
         return None
     return lambda user, pending_count: check_submit_limits(user, pending_count, cfg.policy)

@@ -16,7 +16,7 @@ from gpuq.config import DaemonConfig
 from gpuq.errors import GpuqError, InvalidInput, PermissionDenied, WouldNeverFit
 from gpuq.gpus import snapshot_to_dict
 from gpuq.jobs.model import Job, JobSpec, JobState, Owner, Resources, StopKind, StopRequest
-from gpuq.scheduler.policy import never_fits
+from gpuq.scheduler.placement import never_fits
 from gpuq.store import Store
 from gpuq.units import parse_duration_s, parse_fraction, parse_size_mib
 
