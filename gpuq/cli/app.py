@@ -83,6 +83,8 @@ def submit(
         "after": _ids(after or []), "time_limit": time_limit, "checkpointable": checkpointable,
     }
     res = _client().call("POST", "/v1/jobs", body)
+    for note in res.get("notes", []):
+        typer.echo(f"gpuq: note: {note}", err=True)
     if as_json:
         _print_json(res["job"])
     elif quiet:
@@ -116,6 +118,8 @@ def status(
     typer.echo(render.jobs_table(st["jobs"], multi_node=len(st["nodes"]) > 1))
     typer.echo("")
     typer.echo(render.gpus_table(st["nodes"]))
+    if render.notices(st):
+        typer.echo("\n" + render.notices(st))
 
 
 @app.command()

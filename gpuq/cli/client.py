@@ -11,9 +11,10 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from gpuq.errors import DaemonNotRunning, GpuqError, JobNotFound, PermissionDenied, WouldNeverFit
+from gpuq.errors import DaemonBusy, DaemonNotRunning, GpuqError, JobNotFound, PermissionDenied, WouldNeverFit
 
-_ERRORS = {"JobNotFound": JobNotFound, "PermissionDenied": PermissionDenied, "WouldNeverFit": WouldNeverFit}
+_ERRORS = {"JobNotFound": JobNotFound, "PermissionDenied": PermissionDenied, "WouldNeverFit": WouldNeverFit,
+           "DaemonBusy": DaemonBusy}
 
 
 class Response:
@@ -62,7 +63,12 @@ class Client:
         s.settimeout(self.timeout_s)
         try:
             s.connect(str(self.path))
-            s.sendall(head + payload)
+            try:
+                s.sendall(head + payload)
+            except (BrokenPipeError, ConnectionResetError):
+                # The daemon may have answered and closed before reading our request (503 busy):
+                # its answer is still waiting to be read, and it says more than "broken pipe".
+                return _read_response(s)
             return _read_response(s)
         except (FileNotFoundError, ConnectionRefusedError):
             raise DaemonNotRunning(

@@ -8,20 +8,24 @@ from __future__ import annotations
 
 import os
 import pwd
-import shutil
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 from gpuq.config import DaemonConfig
-from gpuq.errors import GpuqError, InvalidInput, PermissionDenied, WouldNeverFit
+from gpuq.daemon.schema import SubmitRequest
+from gpuq.daemon.usercheck import resolve_as
+from gpuq.errors import GpuqError, InvalidInput, PermissionDenied, StateDirectoryFull, WouldNeverFit
 from gpuq.gpus import snapshot_to_dict
 from gpuq.jobs.model import Job, JobSpec, JobState, Owner, Resources, StopKind, StopRequest
 from gpuq.scheduler.placement import never_fits
 from gpuq.store import Store
-from gpuq.units import parse_duration_s, parse_fraction, parse_size_mib
 
-MAX_ARGV_BYTES = 128 * 1024
+
 LOG_CHUNK_BYTES = 256 * 1024
+#: Pending and held jobs one user may have when ``[scheduler] max_pending`` does not say.
+DEFAULT_MAX_PENDING = 1000
+#: Finished jobs ``gpuq status --all`` shows (the newest); older ones stay in the store until retention.
+STATUS_FINISHED_SHOWN = 200
 
 
 @dataclass(frozen=True)
@@ -50,84 +54,13 @@ class Caller:
         return Owner(uid=self.uid, gid=self.gid, user=self.user, groups=self.groups)
 
 
-def resolve_command(argv: Sequence[str], cwd: str, env: Mapping[str, str]) -> tuple[str, ...]:
-    """The command to execute.  ``*.py`` runs with the first ``python3`` on the submitting
-    shell's PATH (so an activated venv or conda env is used; ``GPUQ_PYTHON`` overrides);
-    anything else runs as given, looked up on that PATH."""
-    if not argv or not argv[0]:
-        raise InvalidInput("nothing to run: give a script or a command, like `gpuq submit train.py`.")
-    first = argv[0]
-    path = env.get("PATH", "/usr/local/bin:/usr/bin:/bin")
-    if first.endswith(".py"):
-        script = os.path.normpath(os.path.join(cwd, first))
-        if not os.path.isfile(script):
-            raise InvalidInput(f"script {first} does not exist in {cwd}: check the name and the directory you submit from.")
-        python = env.get("GPUQ_PYTHON") or shutil.which("python3", path=path) or shutil.which("python", path=path)
-        if not python:
-            raise InvalidInput("no python3 on your PATH to run the script: activate your environment or set GPUQ_PYTHON.")
-        return (python, script, *argv[1:])
-    if "/" in first:
-        exe = os.path.normpath(os.path.join(cwd, first))
-        if not os.path.isfile(exe):
-            raise InvalidInput(f"{first} does not exist in {cwd}: check the name and the directory you submit from.")
-        if not os.access(exe, os.X_OK):
-            raise InvalidInput(f"{first} is not executable: run `chmod +x {first}` or submit it as `-- bash {first}`.")
-        return (exe, *argv[1:])
-    exe = shutil.which(first, path=path)
-    if exe is None:
-        raise InvalidInput(f"command {first!r} is not on your PATH and is not a file in {cwd}: check the name.")
-    return (exe, *argv[1:])
-
-
-def _opt_int(body: Mapping[str, Any], key: str, default: int) -> int:
-    v = body.get(key, default)
-    if v is None:
-        return default
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise InvalidInput(f"{key} must be a whole number, not {v!r}.")
-    return v
-
-
-def parse_submission(body: Mapping[str, Any]) -> tuple[list[str], str, dict[str, str], dict[str, Any]]:
-    """Check a submit request's shape; returns argv, cwd, env and the options."""
-    argv = body.get("argv")
-    if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
-        raise InvalidInput("nothing to run: give a script or a command, like `gpuq submit train.py`.")
-    if sum(len(a) for a in argv) > MAX_ARGV_BYTES:
-        raise InvalidInput("the command line is too long; put the arguments in a file.")
-    cwd = body.get("cwd")
-    if not isinstance(cwd, str) or not os.path.isabs(cwd):
-        raise InvalidInput("the working directory must be an absolute path.")
-    if not os.path.isdir(cwd):
-        raise InvalidInput(f"working directory {cwd} does not exist.")
-    env = body.get("env") or {}
-    if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
-        raise InvalidInput("env must map names to strings.")
-    return argv, cwd, env, body
-
-
-def build_resources(body: Mapping[str, Any]) -> Resources:
-    gpus = _opt_int(body, "gpus", 1)
-    if gpus < 0:
-        raise InvalidInput(f"--gpus {gpus} is negative: give 0 for a CPU-only job or a positive count.")
-    mem = body.get("gpu_mem")
-    frac = body.get("fraction")
-    return Resources(
-        gpus=gpus,
-        mem_mib=None if mem in (None, "") else parse_size_mib(str(mem), what="--gpu-mem"),
-        fraction=None if frac in (None, "") else parse_fraction(frac),
-        exclusive=bool(body.get("exclusive", False)),
-    )
-
-
 class Service:
-    def __init__(self, store: Store, cfg: DaemonConfig, clock: Callable[[], float],
-                 submit_limits: Callable[[str, int], None] | None = None):
+    def __init__(self, store: Store, cfg: DaemonConfig, clock: Callable[[], float]):
         self.store = store
         self.cfg = cfg
         self.clock = clock
-        self.submit_limits = submit_limits
         self.daemon_uid = os.geteuid()
+        store.ensure_indexes()
 
     # ---- authorisation ------------------------------------------------------------------------
 
@@ -143,56 +76,60 @@ class Service:
         if not caller.is_root and caller.uid != job.owner.uid:
             raise PermissionDenied(f"job {job.id} belongs to {job.owner.user}: only its owner or root may {verb} it.")
 
+    def max_pending(self, user: str) -> int:
+        limit = self.cfg.policy.limits_for(user).max_pending
+        return DEFAULT_MAX_PENDING if limit is None else limit
+
+    def _check_free_space(self) -> None:
+        """Refuse new work while the state directory (logs, the store's files) is nearly full."""
+        try:
+            st = os.statvfs(self.cfg.home)
+        except OSError:
+            return
+        free_mib = st.f_bavail * st.f_frsize // (1024 * 1024)
+        if free_mib < self.cfg.min_free_mib:
+            raise StateDirectoryFull(
+                f"the gpuq state directory {self.cfg.home} has only {free_mib} MiB free (less than the "
+                f"{self.cfg.min_free_mib} MiB it keeps in reserve), so new jobs are refused until space is "
+                "freed; running jobs go on, and submissions work again by themselves once there is room.")
+
     # ---- submit -------------------------------------------------------------------------------
 
-    def submit(self, caller: Caller, body: Mapping[str, Any]) -> dict[str, Any]:
+    def submit(self, caller: Caller, req: SubmitRequest) -> dict[str, Any]:
+        """``req`` was parsed and bounded by :mod:`gpuq.daemon.schema`."""
         self._may_submit(caller)
-        argv, cwd, env, opts = parse_submission(body)
-        resources = build_resources(opts)
-        time_limit = opts.get("time_limit")
-        after_raw = opts.get("after") or []
-        if not isinstance(after_raw, list):
-            after_raw = [after_raw]
-        try:
-            after = tuple(int(a) for a in after_raw)
-        except (TypeError, ValueError):
-            raise InvalidInput(f"--after takes job ids, not {after_raw!r}.") from None
-        priority = _opt_int(opts, "priority", 0)
-        if not -1000 <= priority <= 1000:
-            raise InvalidInput(f"--priority {priority} is out of range: give a whole number from -1000 to 1000.")
-        if priority > 0 and not caller.is_root:
-            raise PermissionDenied(f"--priority {priority}: only root may raise a job's priority (it orders jobs "
+        if req.priority > 0 and not caller.is_root:
+            raise PermissionDenied(f"--priority {req.priority}: only root may raise a job's priority (it orders jobs "
                                    "across users); give 0 or a negative priority to let your other jobs go first.")
-        name = str(opts.get("name") or "")
-        if len(name) > 200:
-            raise InvalidInput("--name is longer than 200 characters: give a shorter name.")
-        spec = JobSpec(
-            argv=resolve_command(argv, cwd, env), cwd=cwd, env=env, name=name, priority=priority, after=after,
-            time_limit_s=None if time_limit in (None, "") else parse_duration_s(str(time_limit), what="--time-limit"),
-            checkpointable=bool(opts.get("checkpointable", False)), resources=resources,
-        )
-        for dep in after:
+        resources = Resources(gpus=req.gpus, mem_mib=req.gpu_mem_mib, fraction=req.fraction, exclusive=req.exclusive)
+        self._check_free_space()
+        argv = resolve_as(caller.uid, caller.gid, caller.groups, req.argv, req.cwd, req.env)
+        spec = JobSpec(argv=argv, cwd=req.cwd, env=dict(req.env), name=req.name, priority=req.priority,
+                       after=req.after, time_limit_s=req.time_limit_s, checkpointable=req.checkpointable,
+                       resources=resources)
+        for dep in req.after:
             self.store.get(dep)  # raises JobNotFound with a clear sentence
         why = never_fits(resources, self.store.nodes())
         if why is not None:
             raise WouldNeverFit(f"this job could never run: {why}; ask for less.")
-        if self.submit_limits is not None:
-            mine = sum(1 for j in self.store.active_jobs()
-                       if j.owner.uid == caller.uid and j.state in (JobState.PENDING, JobState.HELD))
-            self.submit_limits(caller.user, mine)
         now = self.clock()
         job = self.store.submit(
             lambda job_id: Job(id=job_id, spec=spec, owner=caller.owner(), state=JobState.PENDING, submitted_at=now),
-            now,
+            now, uid=caller.uid, max_queued=self.max_pending(caller.user),
         )
-        return {"id": job.id, "job": self._public(job, caller, now)}
+        return {"id": job.id, "job": self._public(job, caller, now), "notes": list(req.notes)}
 
     # ---- read ---------------------------------------------------------------------------------
 
     def _public(self, job: Job, caller: Caller, now: float, reasons: Mapping[int, str] | None = None,
                 with_env: bool = True) -> dict[str, Any]:
-        d = job.to_dict(with_env=with_env and (caller.is_root or caller.uid == job.owner.uid))
+        mine = caller.is_root or caller.uid == job.owner.uid
+        d = job.to_dict(with_env=with_env and mine)
         d["display_name"] = job.display_name
+        if not mine and not self.cfg.show_others_commands:  # [daemon] show_others_commands = false
+            d["spec"]["argv"], d["spec"]["cwd"] = [], ""
+            d["display_name"] = job.spec.name or "(hidden)"
+            d["hidden"] = True
         if job.state is JobState.RUNNING and job.started_at is not None:
             d["elapsed_s"] = now - job.started_at
         elif job.state.terminal and job.ended_at is not None and job.last_run_s:
@@ -209,7 +146,7 @@ class Service:
         now = self.clock()
         jobs = self.store.active_jobs()
         if include_finished:
-            jobs = sorted(jobs + self.store.finished_jobs(), key=lambda j: j.id)
+            jobs = sorted(jobs + self.store.finished_jobs(STATUS_FINISHED_SHOWN), key=lambda j: j.id)
         reasons = self.store.reasons()
         nodes = self.store.nodes()
         running = [j for j in jobs if j.state is JobState.RUNNING and j.placement]
@@ -227,7 +164,15 @@ class Service:
             "jobs": [self._public(j, caller, now, reasons, with_env=False) for j in jobs],  # env: GET /v1/jobs/ID
             "nodes": node_dicts,
             "leader": self.store.leader(),
+            "set_aside": self._set_aside(caller),
         }
+
+    def _set_aside(self, caller: Caller) -> list[dict[str, Any]]:
+        """Stored records that could not be read (evidence kept); the raw text only for root."""
+        records = self.store.set_aside_records()
+        if not caller.is_root:
+            return [{k: r[k] for k in ("id", "at")} for r in records]
+        return records
 
     def job(self, caller: Caller, job_id: int) -> dict[str, Any]:
         now = self.clock()
@@ -318,6 +263,16 @@ class Service:
 
         return self._act(caller, ids, "requeue", change)
 
+    def housekeep(self) -> int:
+        """Delete finished jobs older than the retention; returns how many went."""
+        cutoff = self.clock() - self.cfg.retention_s
+        total = 0
+        while True:
+            n = self.store.purge_finished(cutoff)
+            total += n
+            if n < 500:
+                return total
+
     def usage(self, caller: Caller) -> dict[str, Any]:
         from gpuq.scheduler import fairshare
 
@@ -326,4 +281,4 @@ class Service:
         pending = [j for j in jobs if j.state in (JobState.PENDING, JobState.HELD)]
         running = [j for j in jobs if j.state is JobState.RUNNING]
         rows = fairshare.usage_report(self.store.usage_records(), pending, running, self.cfg.policy, now)
-        return {"now": now, "users": rows}
+        return {"now": now, "users": rows, "accounting": self.store.accounting()}

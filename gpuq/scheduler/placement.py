@@ -57,6 +57,8 @@ class _Template:
 
     def __init__(self, nodes: Sequence[NodeSnapshot], idle_mem_mib: int) -> None:
         self.names: list[str] = []
+        #: CPU-only job slots per node (None: unbounded)
+        self.cpu_slots: list[int | None] = [n.cpu_slots for n in nodes]
         self.node_slots: list[list[int]] = []
         self.node_of: list[int] = []
         self.gpu: list[GpuInfo] = []
@@ -73,6 +75,8 @@ class _Template:
             self.node_slots.append(idxs)
         self.total = [g.mem_total_mib for g in self.gpu]
         self.used = [g.mem_used_mib for g in self.gpu]
+        #: memory that running jobs took beyond their reservation: never packed onto
+        self.overuse = [g.overuse_mib for g in self.gpu]
         self.base_idle = [g.mem_used_mib <= idle_mem_mib for g in self.gpu]
         self.base_idle_count = [sum(self.base_idle[i] for i in idxs) for idxs in self.node_slots]
         self.max_node_gpus = max((len(x) for x in self.node_slots), default=0)
@@ -115,7 +119,8 @@ class Cluster:
                  now: float = 0.0, end_of: Callable[[Job], float] | None = None) -> None:
         t = self.t = _template(nodes, idle_mem_mib)
         n = len(t.gpu)
-        self.reserved = [0] * n
+        self.reserved = list(t.overuse)
+        self.cpu_busy = [0] * len(t.names)  # CPU-only jobs running on each node
         self.holders = [0] * n
         self.busy_until = [0.0] * n  # when its last gpuq job is expected to end (inf: unknown)
         self._holds: dict[int, Hold] = {}  # GPU number -> the waiting job it is kept for
@@ -125,10 +130,13 @@ class Cluster:
         base_idle, node_of = t.base_idle, t.node_of
         total, used = t.total, t.used
         reserved, holders, busy, idle_count = self.reserved, self.holders, self.busy_until, self.idle_count
+        node_k = {name: k for k, name in enumerate(t.names)}
         for job in running:
             p = job.placement
             if p is None:
                 continue
+            if not p.gpu_uuids and p.node in node_k:
+                self.cpu_busy[node_k[p.node]] += 1
             if job.spec.time_limit_s is None or end_of is None:
                 end = INF
             else:
@@ -164,6 +172,28 @@ class Cluster:
 
     def is_idle(self, i: int) -> bool:
         return self.holders[i] == 0 and self.reserved[i] == 0 and self.t.base_idle[i]
+
+    # ---- CPU-only slots (a node resource like a GPU) ----
+    def fit_cpu(self) -> str | None:
+        """The node with the most free CPU-only slots, or None when every slot is busy."""
+        best: tuple[float, int] | None = None
+        for k, slots in enumerate(self.t.cpu_slots):
+            free = INF if slots is None else slots - self.cpu_busy[k]
+            if free > 0 and (best is None or free > best[0]):
+                best = (free, k)
+        return None if best is None else self.t.names[best[1]]
+
+    def take_cpu(self, node: str) -> None:
+        self.cpu_busy[self.t.names.index(node)] += 1
+
+    def cpu_slots_total(self) -> float:
+        return sum(INF if s is None else s for s in self.t.cpu_slots)
+
+    def why_not_cpu(self) -> str:
+        if not self.t.names:
+            return "no node is up"
+        total = self.cpu_slots_total()
+        return f"all {total:g} CPU slots busy" if total < INF else "no CPU slot free"
 
     def usable(self, i: int, end_at: float) -> bool:
         """A GPU held for the head job may take a job that surely ends before the head starts."""

@@ -124,7 +124,7 @@ class _Cycle:
                                end_of=lambda j: accounting.expected_end(j, now))
         self.states: dict[str, ShareState] = \
             fairshare_states(self.index, running, usage, config, now) if config.uses_fairshare else {}
-        self.limits = _GpuLimits(config, running)
+        self.limits = _UserLimits(config, running)
         self.starts: list[Start] = []
         self.reasons: dict[int, str] = {}
         self.blocked: list[Job] = []  # the first PREEMPT_CANDIDATES that could not start
@@ -175,7 +175,8 @@ class _Cycle:
         elif not self.cluster.could_fit_anything() and self.head is not None:
             self._saturation = True
         else:
-            self._saturation = self.failed.covers_all(present, self.never, self._held_usable())
+            self._saturation = self.failed.covers_all(present, self.never, self._held_usable(),
+                                                      cpu_later=self.explain)
         return self._saturation
 
     def _explain_waiting(self, rest: Iterable[Job]) -> None:
@@ -283,10 +284,16 @@ class _Cycle:
         return False
 
     def _start_cpu_only(self, job: Job) -> bool:
-        if not self.cluster.names:
-            self.reasons[job.id] = "no node is up"
+        """Start a CPU-only job in a free CPU slot (a node resource, like a GPU); or say why it
+        waits.  Without a per-user limit a user may hold half of the cluster's slots (at least one)."""
+        why = self.limits.cpu_reason(job, self.cluster)
+        node = self.cluster.fit_cpu() if why is None else None
+        if node is None:
+            self.reasons[job.id] = why or self.cluster.why_not_cpu()
             return False
-        self.starts.append(Start(job.id, Placement(node=self.cluster.names[0])))
+        self.cluster.take_cpu(node)
+        self.limits.started(job)
+        self.starts.append(Start(job.id, Placement(node=node)))
         return True
 
     def _note_blocked(self, job: Job) -> None:
@@ -344,33 +351,52 @@ class _Cycle:
         return f" (expected to start in {format_duration(self.head_hold.start_at - self.now)})"
 
 
-class _GpuLimits:
-    """Per-user ``max_gpus``: GPUs in use, counted as plan() starts more jobs."""
+class _UserLimits:
+    """Per-user ``max_gpus`` (GPUs in use) and ``max_cpu_jobs`` (CPU-only jobs running), counted
+    as plan() starts more jobs."""
 
     def __init__(self, config: PolicyConfig, running: Iterable[Job]) -> None:
         self.config = config
         self.on = config.default_limits.max_gpus is not None or bool(config.user_limits)
-        self.used: dict[str, int] = {}
+        self.gpus: dict[str, int] = {}
+        self.cpu_jobs: dict[str, int] = {}
         self.cache: dict[str, UserLimits] = {}
-        if self.on:
-            for j in running:
-                self.started(j)
+        for j in running:
+            self.started(j)
 
-    def reason(self, job: Job) -> str | None:
-        if not self.on:
-            return None
-        user = job.owner.user
+    def _limits(self, user: str) -> UserLimits:
         lim = self.cache.get(user)
         if lim is None:
             lim = self.cache[user] = self.config.limits_for(user)
-        used = self.used.get(user, 0)
+        return lim
+
+    def reason(self, job: Job) -> str | None:
+        """Why the job would take its user past ``max_gpus`` (None: it would not)."""
+        if not self.on:
+            return None
+        lim = self._limits(job.owner.user)
+        used = self.gpus.get(job.owner.user, 0)
         if lim.max_gpus is not None and used + job.spec.resources.gpus > lim.max_gpus:
             return f"user limit: you have {used}/{lim.max_gpus} GPUs in use"
         return None
 
+    def cpu_reason(self, job: Job, cluster: Cluster) -> str | None:
+        """Why a CPU-only job would take its user past ``max_cpu_jobs`` (default: half the slots)."""
+        lim = self._limits(job.owner.user).max_cpu_jobs
+        if lim is None:
+            total = cluster.cpu_slots_total()
+            lim = None if total == INF else max(1, int(total) // 2)
+        have = self.cpu_jobs.get(job.owner.user, 0)
+        if lim is not None and have >= lim:
+            return f"user limit: you have {have}/{lim} CPU-only jobs running"
+        return None
+
     def started(self, job: Job) -> None:
-        if self.on:
-            self.used[job.owner.user] = self.used.get(job.owner.user, 0) + job.spec.resources.gpus
+        user, gpus = job.owner.user, job.spec.resources.gpus
+        if gpus == 0:
+            self.cpu_jobs[user] = self.cpu_jobs.get(user, 0) + 1
+        else:
+            self.gpus[user] = self.gpus.get(user, 0) + gpus
 
 
 _AHEAD = {
@@ -423,12 +449,14 @@ class _Failures:
                 return got[1] if got[0] == shape.gpus else _wider(got[1], shape.gpus)
         return None
 
-    def covers_all(self, shapes: set[Shape], never: Mapping[Shape, str | None], held_usable: bool) -> bool:
-        """True when every kind of request still waiting has already failed to fit this cycle."""
+    def covers_all(self, shapes: set[Shape], never: Mapping[Shape, str | None], held_usable: bool,
+                   cpu_later: bool = False) -> bool:
+        """True when every kind of request still waiting has already failed to fit this cycle
+        (``cpu_later``: CPU-only requests are placed later anyway)."""
         if not shapes or not self.exact:
             return False
         for s in shapes:
-            if never.get(s) or self.get(s, True) is not None:
+            if (cpu_later and s.gpus == 0) or never.get(s) or self.get(s, True) is not None:
                 continue
             if not held_usable and self.get(s, False) is not None:
                 continue
