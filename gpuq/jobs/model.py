@@ -196,6 +196,7 @@ class Job:
     requeues: int = 0
     attained_gpu_s: float = 0.0  # GPU-seconds received in earlier runs (for LAS)
     last_run_s: float = 0.0  # wall seconds of the previous run
+    total_run_s: float = 0.0  # wall seconds of all finished runs (requeued ones included)
 
     def __post_init__(self) -> None:
         running_only = {
@@ -277,6 +278,7 @@ def job_to_dict(job: Job, with_env: bool = True) -> dict[str, Any]:
         "requeues": job.requeues,
         "attained_gpu_s": job.attained_gpu_s,
         "last_run_s": job.last_run_s,
+        "total_run_s": job.total_run_s,
     }
     if with_env:
         out["spec"]["env"] = dict(spec.env)
@@ -411,4 +413,5 @@ def _job_from_dict(d: Mapping[str, Any]) -> Job:
         requeues=_int(d.get("requeues", 0), "requeues"),
         attained_gpu_s=_num(d.get("attained_gpu_s", 0.0), "attained_gpu_s"),
         last_run_s=_num(d.get("last_run_s", 0.0), "last_run_s"),
+        total_run_s=_num(d.get("total_run_s", d.get("last_run_s", 0.0)), "total_run_s"),
     )
