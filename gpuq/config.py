@@ -11,7 +11,7 @@ from typing import Any, Mapping
 
 from gpuq.errors import ConfigError, GpuqError
 from gpuq.paths import Paths, config_files, default_home
-from gpuq.scheduler.policy import PolicyConfig
+from gpuq.scheduler.config import PolicyConfig
 from gpuq.units import parse_duration_s, parse_size_bytes, parse_size_mib
 
 

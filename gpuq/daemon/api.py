@@ -51,8 +51,12 @@ MAX_CONNECTIONS_PER_UID = 16
 REQUEST_DEADLINE_S = 10.0
 #: ... and this long to read the answer.
 WRITE_TIMEOUT_S = 30.0
-#: How often the daemon deletes finished jobs past their retention.
+#: How often the daemon deletes finished jobs past their retention (more often for a short retention).
 HOUSEKEEPING_INTERVAL_S = 60.0
+
+
+def housekeeping_interval_s(retention_s: float) -> float:
+    return min(HOUSEKEEPING_INTERVAL_S, max(1.0, retention_s / 4))
 
 
 def _peer(sock: socket.socket) -> tuple[int, int, int]:
@@ -190,6 +194,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send_json(self, status: int, payload: Any) -> None:
         body = strict_json(payload)
+        self.request_version = "HTTP/1.1"  # always a status line and headers, even to an HTTP/0.9-style request
         self.connection.settimeout(WRITE_TIMEOUT_S)
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -315,7 +320,7 @@ class ApiServer:
                 self.server.service.housekeep()
             except Exception:  # a bad pass must not end the daemon; the next one retries
                 log.exception("housekeeping failed (retrying)")
-            if self.stopping.wait(HOUSEKEEPING_INTERVAL_S):
+            if self.stopping.wait(housekeeping_interval_s(self.server.service.cfg.retention_s)):
                 return
 
     def stop(self) -> None:

@@ -116,7 +116,7 @@ def _option_text(value: Any, what: str, example: str) -> str:
         if isinstance(value, float) and not math.isfinite(value):
             raise InvalidInput(f"{what} {value!r} is not a finite number.")
         value = repr(value)
-    text = check_text(value, what, MAX_OPTION_CHARS * 4)
+    text = check_text(value, what, MAX_BODY_BYTES)
     if len(text) > MAX_OPTION_CHARS:
         raise InvalidInput(f"{what} {_clip(text)!r} is too long to be a value: give something like {example}.")
     return text
@@ -189,7 +189,7 @@ def _argv(value: Any) -> tuple[str, ...]:
         raise InvalidInput("nothing to run: give a script or a command, like `gpuq submit train.py`.")
     if len(value) > MAX_ARGS:
         raise InvalidInput(f"the command has more than {MAX_ARGS} arguments: put them in a file.")
-    argv = tuple(check_text(a, "an argument of the command", DEFAULT_MAX_JOB_BYTES) for a in value)
+    argv = tuple(check_text(a, "an argument of the command", MAX_BODY_BYTES) for a in value)
     if not argv[0]:
         raise InvalidInput("nothing to run: give a script or a command, like `gpuq submit train.py`.")
     return argv
@@ -208,7 +208,7 @@ def _env(value: Any) -> dict[str, str]:
         if not name or "=" in name:
             raise InvalidInput(f"environment variable name {_clip(name)!r} is not valid: names are non-empty "
                                "and have no '='.")
-        env[name] = check_text(v, f"environment variable {_clip(name)}", DEFAULT_MAX_JOB_BYTES)
+        env[name] = check_text(v, f"environment variable {_clip(name)}", MAX_BODY_BYTES)
     return env
 
 

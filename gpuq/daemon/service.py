@@ -21,7 +21,7 @@ from gpuq.daemon.usercheck import resolve_as
 from gpuq.errors import GpuqError, InvalidInput, PermissionDenied, StateDirectoryFull, WouldNeverFit
 from gpuq.gpus import snapshot_to_dict
 from gpuq.jobs.model import Job, JobSpec, JobState, Owner, Resources, StopKind, StopRequest
-from gpuq.scheduler.policy import never_fits
+from gpuq.scheduler.placement import never_fits
 from gpuq.store import Store
 
 

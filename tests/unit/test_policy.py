@@ -8,8 +8,10 @@ from gpuq.errors import ConfigError, PermissionDenied
 from gpuq.gpus import GpuInfo, NodeSnapshot
 from gpuq.jobs.model import Job, JobSpec, JobState, Owner, Placement, Resources, StopKind, StopRequest
 from gpuq.scheduler.config import UserLimits
-from gpuq.scheduler.fairshare import check_submit_limits
-from gpuq.scheduler.policy import PendingIndex, PolicyConfig, plan
+from gpuq.scheduler.config import check_submit_limits
+from gpuq.scheduler.config import PolicyConfig
+from gpuq.scheduler.ordering import PendingIndex
+from gpuq.scheduler.policy import plan
 
 GIB = 1024
 
@@ -20,9 +22,10 @@ def node(name: str, n: int = 4, mem_mib: int = 16 * GIB, used=None) -> NodeSnaps
                                     for i in range(n)), 0.0, simulated=True)
 
 
-def job(i, user="alice", gpus=1, sub=0.0, state=JobState.PENDING, res=None, attained_gpu_s=0.0, **spec) -> Job:
+def job(i, user="alice", gpus=1, sub=0.0, state=JobState.PENDING, res=None, attained_gpu_s=0.0, total_run_s=0.0,
+        **spec) -> Job:
     return Job(i, JobSpec(("python", "train.py"), "/", resources=res or Resources(gpus=gpus), **spec),
-               Owner(1000, 1000, user), state, sub, attained_gpu_s=attained_gpu_s)
+               Owner(1000, 1000, user), state, sub, attained_gpu_s=attained_gpu_s, total_run_s=total_run_s)
 
 
 def running(j: Job, nodes, gpu_idx, started_at=0.0, node_i=0) -> Job:
@@ -184,7 +187,7 @@ def test_las_orders_by_attained_service():
 def test_sjf_and_srtf_order_by_time_left():
     nodes = [node("a", 1)]
     pend = [job(1, sub=0.0, time_limit_s=9000.0), job(2, sub=5.0, time_limit_s=100.0),
-            job(3, sub=6.0, time_limit_s=9000.0, attained_gpu_s=8950.0)]
+            job(3, sub=6.0, time_limit_s=9000.0, attained_gpu_s=8950.0, total_run_s=8950.0)]
     assert [s.job_id for s in plan(pend, [], nodes, {}, PolicyConfig(policy="sjf"), 10.0).starts] == [2]
     assert [s.job_id for s in plan(pend, [], nodes, {}, PolicyConfig(policy="srtf"), 10.0).starts] == [3]
 
@@ -241,7 +244,7 @@ def test_config_from_mapping():
 
 def test_las_starvation_guard_promotes_a_long_waiting_job():
     nodes = [node("a", 1)]
-    old = job(1, sub=0.0, attained_gpu_s=40000.0)  # ran 40,000 s, then waited 60,000 s
+    old = job(1, sub=0.0, attained_gpu_s=40000.0, total_run_s=40000.0)  # ran 40,000 s, then waited 60,000 s
     new = job(2, sub=99000.0)
     off = plan([old, new], [], nodes, {}, PolicyConfig(policy="las"), 100000.0)
     assert [s.job_id for s in off.starts] == [2]
