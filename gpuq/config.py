@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from gpuq.errors import ConfigError, GpuqError
-from gpuq.paths import Paths, default_home
-from gpuq.scheduler.policy import PolicyConfig
-from gpuq.units import parse_duration_s
+from gpuq.paths import Paths, config_files, default_home
+from gpuq.scheduler.config import PolicyConfig
+from gpuq.units import parse_duration_s, parse_size_bytes, parse_size_mib
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,12 @@ class DaemonConfig:
     max_workers: int = 64  # RQ worker processes per node (one per concurrently running job)
     spare_workers: int = 2  # idle workers kept ready so a placement starts at once
     scheduler: bool = True  # take part in the scheduler leader election
+    keep_impossible_dependents: bool = False  # True: a job whose dependency failed stays pending
+    # ---- the door (API): see docs/security.md ----
+    max_job_bytes: int = 64 * 1024  # argv + environment of one job
+    retention_s: float = 30 * 86400.0  # finished jobs' records are deleted after this (accounting kept)
+    min_free_mib: int = 1024  # below this much free space in the state directory, submissions are refused
+    show_others_commands: bool = True  # users see each other's argv and cwd (like ps)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
 
     @property
@@ -36,7 +42,8 @@ class DaemonConfig:
 
 
 _KNOWN = {"redis_url", "simulate_gpus", "grace", "cycle", "probe_interval", "node", "node_ttl", "max_workers",
-          "spare_workers", "scheduler"}
+          "spare_workers", "scheduler", "max_job_size", "retention", "min_free_space", "show_others_commands",
+          "keep_impossible_dependents"}
 
 
 def _policy_from(table: Mapping[str, Any]) -> PolicyConfig:
@@ -57,7 +64,7 @@ def load_config(
     """Build the config: file (``$GPUQ_HOME/config.toml`` or ``config_file``), then the
     environment (``GPUQ_REDIS_URL``, ``GPUQ_SIMULATE_GPUS``, ``GPUQ_NODE``), then ``overrides``."""
     home = home or default_home()
-    path = config_file or Paths(home).config_file
+    path = config_file or next((p for p in config_files(home) if p.exists()), Paths(home).config_file)
     data: dict[str, Any] = {}
     if config_file is not None or path.exists():
         try:
@@ -83,8 +90,19 @@ def load_config(
         for k in ("max_workers", "spare_workers"):
             if k in daemon:
                 simple[k] = int(daemon[k])
-        if "scheduler" in daemon:
-            simple["scheduler"] = bool(daemon["scheduler"])
+        for k in ("scheduler", "keep_impossible_dependents"):
+            if k in daemon:
+                simple[k] = bool(daemon[k])
+        if "max_job_size" in daemon:
+            simple["max_job_bytes"] = parse_size_bytes(str(daemon["max_job_size"]), what="[daemon] max_job_size")
+        if "retention" in daemon:
+            simple["retention_s"] = parse_duration_s(str(daemon["retention"]), what="[daemon] retention")
+        if "min_free_space" in daemon:
+            simple["min_free_mib"] = parse_size_mib(str(daemon["min_free_space"]), what="[daemon] min_free_space")
+        if "show_others_commands" in daemon:
+            if not isinstance(daemon["show_others_commands"], bool):
+                raise ConfigError(f"config file {path}: [daemon] show_others_commands must be true or false.")
+            simple["show_others_commands"] = daemon["show_others_commands"]
         cfg = replace(cfg, **simple)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"config file {path}: a [daemon] value has the wrong type ({e}).") from None

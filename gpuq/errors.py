@@ -47,6 +47,24 @@ class StoreUnavailable(GpuqError):
     http_status = 503
 
 
+class RecordSetAside(GpuqError):
+    """A stored job record could not be read; it was moved aside with its evidence."""
+
+    http_status = 410
+
+
+class StateDirectoryFull(GpuqError):
+    """The daemon's state directory is nearly full: new submissions wait until space returns."""
+
+    http_status = 507
+
+
+class DaemonBusy(GpuqError):
+    """The daemon refused a connection (too many at once, or too many from this user)."""
+
+    http_status = 503
+
+
 class DaemonNotRunning(GpuqError):
     exit_code = 2
 

@@ -24,6 +24,8 @@ class GpuInfo:
     util_pct: int | None = None
     processes: tuple[GpuProcess, ...] = ()
     simulated: bool = False
+    #: memory gpuq jobs use beyond what they reserved (placement counts it as taken)
+    overuse_mib: int = 0
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,8 @@ class NodeSnapshot:
     probed_at: float
     simulated: bool = False
     extra: Mapping[str, Any] = field(default_factory=dict)
+    #: how many CPU-only jobs may run here at once (None: no bound)
+    cpu_slots: int | None = None
 
 
 def snapshot_to_dict(s: NodeSnapshot) -> dict[str, Any]:
@@ -41,10 +45,12 @@ def snapshot_to_dict(s: NodeSnapshot) -> dict[str, Any]:
         "node": s.node,
         "probed_at": s.probed_at,
         "simulated": s.simulated,
+        "cpu_slots": s.cpu_slots,
         "gpus": [
             {
                 "index": g.index, "uuid": g.uuid, "name": g.name, "mem_total_mib": g.mem_total_mib,
                 "mem_used_mib": g.mem_used_mib, "util_pct": g.util_pct, "simulated": g.simulated,
+                "overuse_mib": g.overuse_mib,
                 "processes": [{"pid": p.pid, "used_mib": p.used_mib, "job_id": p.job_id, "user": p.user}
                               for p in g.processes],
             }
@@ -58,11 +64,13 @@ def snapshot_from_dict(d: Mapping[str, Any]) -> NodeSnapshot:
         node=d["node"],
         probed_at=float(d.get("probed_at", 0.0)),
         simulated=bool(d.get("simulated", False)),
+        cpu_slots=None if d.get("cpu_slots") is None else int(d["cpu_slots"]),
         gpus=tuple(
             GpuInfo(
                 index=int(g["index"]), uuid=g["uuid"], name=g.get("name", "?"),
                 mem_total_mib=int(g["mem_total_mib"]), mem_used_mib=int(g.get("mem_used_mib", 0)),
                 util_pct=g.get("util_pct"), simulated=bool(g.get("simulated", False)),
+                overuse_mib=int(g.get("overuse_mib", 0)),
                 processes=tuple(GpuProcess(pid=int(p["pid"]), used_mib=p.get("used_mib"), job_id=p.get("job_id"),
                                            user=p.get("user", "")) for p in g.get("processes", ())),
             )

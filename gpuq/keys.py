@@ -13,6 +13,9 @@ REASONS = PREFIX + "reasons"  # hash job id -> why it waits (rewritten each cycl
 WAKE = PREFIX + "wake"  # list; LPUSH to wake the scheduler at once
 LEADER = PREFIX + "leader"  # node name of the scheduler leader (expiring)
 CONFIG = PREFIX + "config"  # JSON of the leader's scheduling config
+QUARANTINE = PREFIX + "quarantine"  # hash job id -> JSON {raw, error, at}: records that could not be read
+INDEX_VERSION = PREFIX + "index_version"  # which secondary indexes exist (rebuilt when missing)
+ACCOUNTING_USERS = PREFIX + "accounting:users"  # set of users with aggregate accounting
 
 
 def job(job_id: int) -> str:
@@ -21,6 +24,16 @@ def job(job_id: int) -> str:
 
 def job_events(job_id: int) -> str:
     return f"{PREFIX}job:{job_id}:events"
+
+
+def user_queued(uid: int) -> str:
+    """Set of ids of one user's pending and held jobs (the per-user pending limit counts it)."""
+    return f"{PREFIX}user:{uid}:queued"
+
+
+def accounting(user: str) -> str:
+    """Hash: aggregate accounting of one user's jobs whose records were deleted after retention."""
+    return f"{PREFIX}accounting:{user}"
 
 
 def node(name: str) -> str:

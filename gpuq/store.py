@@ -8,6 +8,7 @@ become :class:`gpuq.errors.StoreUnavailable`.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Mapping, Sequence
@@ -16,11 +17,18 @@ import redis
 from redis.client import Pipeline
 
 from gpuq import keys
-from gpuq.errors import JobNotFound, StoreUnavailable
+from gpuq.errors import JobNotFound, RecordSetAside, StoreUnavailable, SubmitLimitExceeded
 from gpuq.gpus import NodeSnapshot, snapshot_from_dict, snapshot_to_dict
-from gpuq.jobs.model import Job, JobState
+from gpuq.jobs.model import BadRecord, Job, JobState
+
+log = logging.getLogger("gpuq.store")
 
 EVENTS_KEPT = 200
+#: The secondary indexes this version keeps; a store without them (older gpuq) gets them rebuilt.
+INDEX_VERSION = "2"
+#: Evidence kept of a record set aside (its raw text, cut to this many characters).
+SET_ASIDE_RAW_CHARS = 65536
+QUEUED_STATES = (JobState.PENDING, JobState.HELD)
 
 _LEADER_LUA = """
 local cur = redis.call('GET', KEYS[1])
@@ -63,9 +71,29 @@ def job_not_found(job_id: int) -> JobNotFound:
 
 
 def _load(raw: bytes | str | None) -> Job | None:
+    """The job in a stored record; :class:`BadRecord` when it cannot be read."""
     if raw is None:
         return None
-    return Job.from_dict(json.loads(raw))
+    try:
+        d = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BadRecord(f"not valid JSON ({e})") from None
+    return Job.from_dict(d)
+
+
+def _ids(members: Any) -> list[int]:
+    """Job ids from a set; a member that is not a number (garbage in Redis) is skipped."""
+    out = []
+    for m in members:
+        try:
+            out.append(int(m))
+        except (TypeError, ValueError):
+            log.warning("ignoring %r in a job index: it is not a job id", m)
+    return sorted(out)
+
+
+def _text(raw: bytes | str) -> str:
+    return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
 
 
 def _dump(job: Job) -> str:
@@ -87,48 +115,244 @@ class Store:
 
     # ---- jobs ---------------------------------------------------------------------------------
 
-    def submit(self, build: Callable[[int], Job], now: float) -> Job:
-        """Allocate an id, build the job with it and store it, atomically."""
+    def submit(self, build: Callable[[int], Job], now: float, uid: int, max_queued: int | None = None) -> Job:
+        """Allocate an id, build the job with it and store it, atomically.  With ``max_queued``, the
+        job is refused (:class:`SubmitLimitExceeded`) when user ``uid`` already has that many pending
+        or held jobs; the count and the insert are one WATCH/MULTI transaction, so concurrent
+        submits cannot overshoot the limit."""
+        queued = keys.user_queued(uid)
         with _wrap("submitting a job"):
             job_id = int(self.r.incr(keys.NEXT_JOB_ID))
             job = build(job_id)
             with self.r.pipeline(transaction=True) as pipe:
-                pipe.set(keys.job(job.id), _dump(job))
-                pipe.sadd(keys.ACTIVE, job.id)
-                self._event(pipe, job.id, now, f"submitted by {job.owner.user}")
-                pipe.lpush(keys.WAKE, "submit")
-                pipe.execute()
-        return job
+                while True:
+                    try:
+                        pipe.watch(queued)
+                        have = int(pipe.scard(queued))
+                        if max_queued is not None and have >= max_queued:
+                            pipe.unwatch()
+                            raise SubmitLimitExceeded(
+                                f"you already have {have} jobs waiting and the limit is {max_queued}: "
+                                "wait for some to start, or cancel some.")
+                        pipe.multi()
+                        pipe.set(keys.job(job.id), _dump(job))
+                        pipe.sadd(keys.ACTIVE, job.id)
+                        pipe.sadd(queued, job.id)
+                        self._event(pipe, job.id, now, f"submitted by {job.owner.user}")
+                        pipe.lpush(keys.WAKE, "submit")
+                        pipe.execute()
+                        return job
+                    except redis.WatchError:
+                        continue
+
+    def queued_count(self, uid: int) -> int:
+        with _wrap("counting waiting jobs"):
+            return int(self.r.scard(keys.user_queued(uid)))
+
+    def submit_many(self, count: int, build: Callable[[int], list[Job]], now: float, uid: int,
+                    max_queued: int | None = None) -> list[Job]:
+        """Allocate ``count`` consecutive ids (the first is passed to ``build``, which returns the
+        jobs) and store them all in one transaction: a job array is one request, one fsync.  The
+        per-user limit on waiting jobs applies to the whole batch, atomically as in :meth:`submit`."""
+        queued = keys.user_queued(uid)
+        with _wrap("submitting jobs"):
+            first = int(self.r.incrby(keys.NEXT_JOB_ID, count)) - count + 1
+            jobs = build(first)
+            ids = [j.id for j in jobs]
+            with self.r.pipeline(transaction=True) as pipe:
+                while True:
+                    try:
+                        pipe.watch(queued)
+                        have = int(pipe.scard(queued))
+                        if max_queued is not None and have + count > max_queued:
+                            pipe.unwatch()
+                            raise SubmitLimitExceeded(
+                                f"you have {have} jobs waiting; {count} more would pass the limit of {max_queued}: "
+                                "submit a smaller array, or wait for some to start.")
+                        pipe.multi()
+                        pipe.mset({keys.job(j.id): _dump(j) for j in jobs})
+                        pipe.sadd(keys.ACTIVE, *ids)
+                        pipe.sadd(queued, *ids)
+                        for j in jobs:
+                            self._event(pipe, j.id, now, f"submitted by {j.owner.user}")
+                        pipe.lpush(keys.WAKE, "submit")
+                        pipe.execute()
+                        return jobs
+                    except redis.WatchError:
+                        continue
 
     def get(self, job_id: int) -> Job:
         with _wrap("reading a job"):
-            job = _load(self.r.get(keys.job(job_id)))
+            raw = self.r.get(keys.job(job_id))
+        job = self._load_or_set_aside(job_id, raw)
         if job is None:
             raise job_not_found(job_id)
         return job
 
     def get_many(self, ids: Sequence[int]) -> list[Job]:
+        """The readable jobs among ``ids``; an unreadable record is set aside, never raised."""
         if not ids:
             return []
         with _wrap("reading jobs"):
             raws = self.r.mget([keys.job(i) for i in ids])
-        return [j for j in (_load(r) for r in raws) if j is not None]
+        out = []
+        for job_id, raw in zip(ids, raws):
+            try:
+                job = self._load_or_set_aside(job_id, raw)
+            except RecordSetAside:
+                continue
+            if job is not None:
+                out.append(job)
+        return out
 
     def active_jobs(self) -> list[Job]:
         with _wrap("reading the queue"):
-            ids = sorted(int(i) for i in self.r.smembers(keys.ACTIVE))
+            ids = _ids(self.r.smembers(keys.ACTIVE))
         return self.get_many(ids)
 
     def running_on(self, node: str) -> list[Job]:
         """The jobs placed on ``node`` (read from a per-node index, not the whole queue)."""
         with _wrap("reading the node's jobs"):
-            ids = sorted(int(i) for i in self.r.smembers(keys.node_running(node)))
+            ids = _ids(self.r.smembers(keys.node_running(node)))
         return [j for j in self.get_many(ids) if j.placement is not None and j.placement.node == node]
 
     def finished_jobs(self, limit: int = 200) -> list[Job]:
         with _wrap("reading finished jobs"):
-            ids = [int(i) for i in self.r.zrevrange(keys.FINISHED, 0, limit - 1)]
-        return self.get_many(ids)
+            ids = _ids(self.r.zrevrange(keys.FINISHED, 0, limit - 1))
+        return sorted(self.get_many(ids), key=lambda j: -j.id)
+
+    # ---- retention ---------------------------------------------------------------------------
+
+    def purge_finished(self, ended_before: float, batch: int = 500) -> int:
+        """Delete up to ``batch`` finished jobs that ended before ``ended_before`` (records and
+        events), adding each to its user's aggregate accounting in the same transaction.
+        Returns how many were deleted (call again while it returns ``batch``)."""
+        with _wrap("deleting old finished jobs"):
+            ids = _ids(self.r.zrangebyscore(keys.FINISHED, "-inf", ended_before, start=0, num=batch))
+            if not ids:
+                return 0
+            jobs = self.get_many(ids)  # an unreadable one is set aside (out of FINISHED) instead
+            with self.r.pipeline(transaction=True) as pipe:
+                for job in jobs:
+                    acct = keys.accounting(job.owner.user)
+                    pipe.sadd(keys.ACCOUNTING_USERS, job.owner.user)
+                    pipe.hincrby(acct, "jobs", 1)
+                    pipe.hincrby(acct, f"jobs_{job.state.value}", 1)
+                    pipe.hincrbyfloat(acct, "gpu_s", job.attained_gpu_s)
+                    pipe.hincrbyfloat(acct, "last_run_s", job.last_run_s)
+                    pipe.hincrby(acct, "requeues", job.requeues)
+                    pipe.delete(keys.job(job.id), keys.job_events(job.id))
+                    pipe.zrem(keys.FINISHED, job.id)
+                pipe.execute()
+        return len(ids)
+
+    def accounting(self) -> dict[str, dict[str, float]]:
+        """Per user: the aggregate of the finished jobs deleted after retention."""
+        with _wrap("reading accounting"):
+            users = sorted(_text(u) for u in self.r.smembers(keys.ACCOUNTING_USERS))
+            with self.r.pipeline(transaction=False) as pipe:
+                for u in users:
+                    pipe.hgetall(keys.accounting(u))
+                rows = pipe.execute()
+        out = {}
+        for u, row in zip(users, rows):
+            vals = {}
+            for k, v in row.items():
+                try:
+                    vals[_text(k)] = float(v)
+                except ValueError:
+                    continue
+            out[u] = vals
+        return out
+
+    # ---- records that cannot be read -----------------------------------------------------------
+
+    def _load_or_set_aside(self, job_id: int, raw: bytes | str | None) -> Job | None:
+        try:
+            job = _load(raw)
+        except BadRecord as e:
+            assert raw is not None
+            self.set_aside(job_id, raw, str(e))
+            raise RecordSetAside(f"job {job_id}'s stored record could not be read ({e}), so it was set aside "
+                                 "with its evidence; an administrator can inspect it with "
+                                 "`gpuq status --json` as root.") from None
+        if job is not None and job.id != job_id:
+            self.set_aside(job_id, raw or "", f"the record under id {job_id} says it is job {job.id}")
+            raise RecordSetAside(f"job {job_id}'s stored record names another job, so it was set aside.")
+        return job
+
+    def set_aside(self, job_id: int, raw: bytes | str, error: str, now: float | None = None) -> None:
+        """Move an unreadable record out of every index, keeping its raw text and the error as
+        evidence under ``gpuq:quarantine``.  A record that changed meanwhile is left alone."""
+        import time
+
+        key = keys.job(job_id)
+        at = time.time() if now is None else now
+        log.error("job %s: stored record cannot be read (%s); setting it aside: %.2000s", job_id, error, _text(raw))
+        with _wrap("setting aside a bad record"):
+            queued = list(self.r.scan_iter(match=keys.user_queued(0).replace(":0:", ":*:"), count=1000))
+            with self.r.pipeline(transaction=True) as pipe:
+                while True:
+                    try:
+                        pipe.watch(key)
+                        if pipe.get(key) != (raw.encode() if isinstance(raw, str) else raw):
+                            pipe.unwatch()
+                            return
+                        nodes = pipe.smembers(keys.NODES)
+                        pipe.multi()
+                        pipe.hset(keys.QUARANTINE, str(job_id), json.dumps(
+                            {"raw": _text(raw)[:SET_ASIDE_RAW_CHARS], "error": error[:1000], "at": at}))
+                        pipe.delete(key)
+                        pipe.srem(keys.ACTIVE, job_id)
+                        pipe.zrem(keys.FINISHED, job_id)
+                        pipe.hdel(keys.REASONS, job_id)
+                        for n in nodes:
+                            pipe.srem(keys.node_running(_text(n)), job_id)
+                        for q in queued:
+                            pipe.srem(q, job_id)
+                        self._event(pipe, job_id, at, f"record set aside: {error[:300]}")
+                        pipe.execute()
+                        return
+                    except redis.WatchError:
+                        continue
+
+    def set_aside_records(self) -> list[dict[str, Any]]:
+        """Records set aside: id, error, when, and the raw text (for root)."""
+        with _wrap("reading set-aside records"):
+            raw = self.r.hgetall(keys.QUARANTINE)
+        out = []
+        for k, v in raw.items():
+            try:
+                d = json.loads(v)
+                out.append({"id": _text(k), "error": str(d.get("error", "")), "at": d.get("at"),
+                            "raw": str(d.get("raw", ""))})
+            except (ValueError, AttributeError):
+                out.append({"id": _text(k), "error": "the evidence itself cannot be read", "at": None, "raw": _text(v)})
+        return sorted(out, key=lambda d: d["id"])
+
+    # ---- indexes -------------------------------------------------------------------------------
+
+    def ensure_indexes(self) -> None:
+        """Build the secondary indexes a store written by an older gpuq lacks (once)."""
+        with _wrap("building indexes"):
+            if _text(self.r.get(keys.INDEX_VERSION) or b"") == INDEX_VERSION:
+                return
+            queued: dict[int, list[int]] = {}
+            for job in self.active_jobs():
+                if job.state in QUEUED_STATES:
+                    queued.setdefault(job.owner.uid, []).append(job.id)
+            with self.r.pipeline(transaction=True) as pipe:
+                for uid, ids in queued.items():
+                    pipe.sadd(keys.user_queued(uid), *ids)
+                pipe.set(keys.INDEX_VERSION, INDEX_VERSION)
+                pipe.execute()
+
+    def finished_ids(self, since: float | None, until: float | None, offset: int, count: int) -> list[int]:
+        """Ids of jobs that ended in [since, until), newest first (for `gpuq history`)."""
+        hi = f"({until}" if until is not None else "+inf"
+        lo = since if since is not None else "-inf"
+        with _wrap("reading the history"):
+            return [int(i) for i in self.r.zrevrangebyscore(keys.FINISHED, hi, lo, start=offset, num=count)]
 
     def states_of(self, ids: Sequence[int]) -> dict[int, JobState]:
         return {j.id: j.state for j in self.get_many(list(ids))}
@@ -159,7 +383,13 @@ class Store:
                             if (holder.decode() if isinstance(holder, bytes) else holder) != fence[1]:
                                 pipe.unwatch()
                                 return None  # we lost the lease: another leader decides now
-                        old = _load(pipe.get(key))
+                        raw = pipe.get(key)
+                        try:
+                            old = _load(raw)
+                        except BadRecord:
+                            pipe.unwatch()
+                            self._load_or_set_aside(job_id, raw)  # raises RecordSetAside
+                            raise
                         if old is None:
                             raise job_not_found(job_id)
                         new = change(old)
@@ -172,6 +402,11 @@ class Store:
                             pipe.srem(keys.ACTIVE, job_id)
                             pipe.zadd(keys.FINISHED, {str(job_id): new.ended_at or now})
                             pipe.hdel(keys.REASONS, job_id)
+                        was_queued, is_queued = old.state in QUEUED_STATES, new.state in QUEUED_STATES
+                        if was_queued and not is_queued:
+                            pipe.srem(keys.user_queued(old.owner.uid), job_id)
+                        elif is_queued and not was_queued:
+                            pipe.sadd(keys.user_queued(new.owner.uid), job_id)
                         old_node = old.placement.node if old.placement is not None else None
                         new_node = new.placement.node if new.placement is not None else None
                         if old_node != new_node:
@@ -199,7 +434,15 @@ class Store:
 
     def events(self, job_id: int) -> list[dict[str, Any]]:
         with _wrap("reading events"):
-            return [json.loads(e) for e in self.r.lrange(keys.job_events(job_id), 0, -1)]
+            raws = self.r.lrange(keys.job_events(job_id), 0, -1)
+        out = []
+        for e in raws:
+            try:
+                d = json.loads(e)
+                out.append({"at": float(d["at"]), "text": str(d["text"])})
+            except (ValueError, TypeError, KeyError):
+                out.append({"at": None, "text": f"(unreadable event: {_text(e)[:200]})"})
+        return out
 
     # ---- nodes --------------------------------------------------------------------------------
 
@@ -215,7 +458,15 @@ class Store:
         with _wrap("reading nodes"):
             names = sorted(n.decode() if isinstance(n, bytes) else n for n in self.r.smembers(keys.NODES))
             raws = self.r.mget([keys.node(n) for n in names]) if names else []
-        return [snapshot_from_dict(json.loads(r)) for r in raws if r is not None]
+        out = []
+        for name, r in zip(names, raws):
+            if r is None:
+                continue
+            try:
+                out.append(snapshot_from_dict(json.loads(r)))
+            except (ValueError, TypeError, KeyError, AttributeError) as e:
+                log.error("node %s: its GPU snapshot cannot be read (%s); ignoring it until it reports again", name, e)
+        return out
 
     def drop_node(self, name: str) -> None:
         with _wrap("removing a node"):
@@ -226,7 +477,17 @@ class Store:
     def usage_records(self) -> dict[str, dict[str, Any]]:
         with _wrap("reading usage"):
             raw = self.r.hgetall(keys.USAGE)
-        return {k.decode(): json.loads(v) for k, v in raw.items()}
+        out = {}
+        for k, v in raw.items():
+            try:
+                rec = json.loads(v)
+            except ValueError:
+                rec = None
+            if isinstance(rec, dict):
+                out[_text(k)] = rec
+            else:
+                log.error("usage record of %s cannot be read; counting it as no usage", _text(k))
+        return out
 
     def update_usage(self, user: str, change: Callable[[dict[str, Any] | None], dict[str, Any]]) -> None:
         with _wrap("recording usage"):
@@ -235,7 +496,11 @@ class Store:
                     try:
                         pipe.watch(keys.USAGE)
                         raw = pipe.hget(keys.USAGE, user)
-                        new = change(json.loads(raw) if raw else None)
+                        try:
+                            old = json.loads(raw) if raw else None
+                        except ValueError:
+                            old = None  # garbage: start this user's record afresh
+                        new = change(old if isinstance(old, dict) else None)
                         pipe.multi()
                         pipe.hset(keys.USAGE, user, json.dumps(new))
                         pipe.execute()
@@ -267,7 +532,8 @@ class Store:
 
     def reasons(self) -> dict[int, str]:
         with _wrap("reading pending reasons"):
-            return {int(k): v.decode() for k, v in self.r.hgetall(keys.REASONS).items()}
+            raw = self.r.hgetall(keys.REASONS)
+        return {i: _text(raw[k]) for k in raw for i in _ids([k])}
 
     # ---- scheduler coordination ---------------------------------------------------------------
 

@@ -11,9 +11,11 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from gpuq.errors import DaemonNotRunning, GpuqError, JobNotFound, PermissionDenied, WouldNeverFit
+from gpuq.errors import DaemonBusy, DaemonNotRunning, GpuqError, JobNotFound, PermissionDenied, WouldNeverFit
+from gpuq.paths import no_daemon_advice
 
-_ERRORS = {"JobNotFound": JobNotFound, "PermissionDenied": PermissionDenied, "WouldNeverFit": WouldNeverFit}
+_ERRORS = {"JobNotFound": JobNotFound, "PermissionDenied": PermissionDenied, "WouldNeverFit": WouldNeverFit,
+           "DaemonBusy": DaemonBusy}
 
 
 class Response:
@@ -62,13 +64,15 @@ class Client:
         s.settimeout(self.timeout_s)
         try:
             s.connect(str(self.path))
-            s.sendall(head + payload)
+            try:
+                s.sendall(head + payload)
+            except (BrokenPipeError, ConnectionResetError):
+                # The daemon may have answered and closed before reading our request (503 busy):
+                # its answer is still waiting to be read, and it says more than "broken pipe".
+                return _read_response(s)
             return _read_response(s)
         except (FileNotFoundError, ConnectionRefusedError):
-            raise DaemonNotRunning(
-                f"the gpuq daemon is not running (nothing answers on {self.path}): start it with "
-                "`gpuq daemon --simulate-gpus 4x24GiB` (or as a service), or set GPUQ_HOME to its state directory."
-            ) from None
+            raise DaemonNotRunning(no_daemon_advice(self.path)) from None
         except PermissionError:
             raise DaemonNotRunning(f"cannot open {self.path}: permission denied; ask the administrator to check "
                                    "the socket's mode.") from None

@@ -1,11 +1,47 @@
-"""Plain-text tables for the CLI (pure: dicts in, text out)."""
+"""Plain-text tables for the CLI (pure: dicts in, text out).
+
+Everything another user controls (names, commands, paths, progress, reasons) passes through
+:func:`safe` before it reaches a terminal: control characters, escape sequences, bidirectional
+overrides and broken UTF-8 are shown as visible escapes, never interpreted.
+"""
 
 from __future__ import annotations
 
 import datetime as _dt
+import math
+import unicodedata
 from typing import Any, Sequence
 
 from gpuq.units import format_duration, format_mib
+
+_VISIBLE_ESCAPES = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
+def _escape(c: str) -> str:
+    o = ord(c)
+    if c in _VISIBLE_ESCAPES:
+        return _VISIBLE_ESCAPES[c]
+    return f"\\x{o:02x}" if o < 0x100 else (f"\\u{o:04x}" if o < 0x10000 else f"\\U{o:08x}")
+
+
+def safe(value: Any) -> str:
+    """``value`` as text that is safe to print: C0/C1 controls (ESC included), DEL, Unicode format
+    characters (bidirectional overrides, zero-width joiners) and lone surrogates become escapes."""
+    text = value if isinstance(value, str) else str(value)
+    if text.isprintable() and text.isascii():
+        return text
+    out = []
+    for c in text:
+        cat = unicodedata.category(c)
+        out.append(_escape(c) if cat in ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp") else c)
+    return "".join(out)
+
+
+def _number(v: Any) -> float | None:
+    """A finite number from a reply, or None (NaN, Infinity and junk are "unknown")."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        return None
+    return v
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -40,22 +76,27 @@ def _request(job: dict[str, Any]) -> tuple[str, str]:
     return str(gpus), mem
 
 
-def _progress(p: dict[str, Any] | None) -> str:
-    if not p:
+def _progress(p: Any) -> str:
+    if not isinstance(p, dict):
         return ""
+    epoch, step, total, loss, eta = (_number(p.get(k)) for k in ("epoch", "step", "total", "loss", "eta_s"))
     parts = []
-    if p.get("epoch") is not None:
-        parts.append(f"epoch {p['epoch']}")
-    if p.get("step") is not None:
-        parts.append(f"step {p['step']}" + (f"/{p['total']}" if p.get("total") else ""))
-    if p.get("loss") is not None:
-        parts.append(f"loss {p['loss']:.4g}")
-    if p.get("eta_s") is not None:
-        parts.append(f"eta {format_duration(p['eta_s'])}")
+    if epoch is not None:
+        parts.append(f"epoch {epoch:g}")
+    if step is not None:
+        parts.append(f"step {step:g}" + (f"/{total:g}" if total else ""))
+    if loss is not None:
+        parts.append(f"loss {loss:.4g}")
+    if eta is not None:
+        parts.append(f"eta {format_duration(min(eta, 1e9))}")
     return " ".join(parts)
 
 
 def job_note(job: dict[str, Any]) -> str:
+    return safe(_note(job))
+
+
+def _note(job: dict[str, Any]) -> str:
     state = job["state"]
     if state in ("pending", "held"):
         return job.get("reason") or ("held" if state == "held" else "waiting for the scheduler")
@@ -83,8 +124,10 @@ def jobs_table(jobs: Sequence[dict[str, Any]], multi_node: bool = False) -> str:
                 mem = format_mib(reserved[0])
         else:
             gpus = f"({n_gpus})" if n_gpus != "0" else "-"
-        rows.append([str(j["id"]), j.get("display_name", "")[:24], j["owner"]["user"], j["state"], gpus, mem,
-                     format_duration(j.get("elapsed_s")) if j.get("elapsed_s") is not None else "-", job_note(j)])
+        elapsed = _number(j.get("elapsed_s"))
+        rows.append([str(j["id"]), safe(str(j.get("display_name", ""))[:24]), safe(j["owner"]["user"]),
+                     safe(j["state"]), safe(gpus), mem, format_duration(elapsed) if elapsed is not None else "-",
+                     job_note(j)])
     if not rows:
         return "No jobs."
     return table(["ID", "NAME", "USER", "STATE", "GPUS", "MEM/GPU", "ELAPSED", "REASON / PROGRESS"], rows)
@@ -99,12 +142,12 @@ def gpus_table(nodes: Sequence[dict[str, Any]]) -> str:
             total = g["mem_total_mib"] or 1
             used = g["mem_used_mib"]
             held = max(used, g.get("reserved_mib", 0))
-            jobs = ", ".join(f"{x['id']}({x['user']})" for x in g.get("jobs", [])) or "-"
+            jobs = safe(", ".join(f"{x['id']}({x['user']})" for x in g.get("jobs", [])) or "-")
             outside = g.get("outside_gpuq_mib", 0)
             outside_txt = format_mib(outside) if outside else "-"
             idx = f"{n['node']}:{g['index']}" if multi else str(g["index"])
             util = "-" if g.get("util_pct") is None else f"{g['util_pct']}%"
-            rows.append([idx, g["name"], f"{format_mib(used)} / {format_mib(total)}", bar(held / total),
+            rows.append([safe(idx), safe(g["name"]), f"{format_mib(used)} / {format_mib(total)}", bar(held / total),
                          format_mib(g.get("reserved_mib", 0)), util, jobs, outside_txt])
     if not rows:
         return "No GPUs reported (is the daemon's node agent running?)."
@@ -113,35 +156,39 @@ def gpus_table(nodes: Sequence[dict[str, Any]]) -> str:
                                 rows)
 
 
-def _ts(t: float | None) -> str:
+def _ts(t: Any) -> str:
+    t = _number(t)
     if t is None:
         return "-"
-    return _dt.datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S")
+    try:
+        return _dt.datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S")
+    except (OverflowError, OSError, ValueError):
+        return "-"
 
 
 def job_detail(j: dict[str, Any]) -> str:
     n_gpus, mem = _request(j)
     spec = j["spec"]
     lines = [
-        f"Job {j['id']}  {j.get('display_name', '')}",
+        f"Job {j['id']}  {safe(j.get('display_name', ''))}",
         f"  state:       {j['state']}" + (f" (exit code {j['exit_code']})" if j.get("exit_code") is not None else ""),
-        f"  user:        {j['owner']['user']} (uid {j['owner']['uid']})",
-        f"  command:     {' '.join(spec['argv'])}",
-        f"  cwd:         {spec['cwd']}",
+        f"  user:        {safe(j['owner']['user'])} (uid {j['owner']['uid']})",
+        f"  command:     {safe(' '.join(spec['argv'])) if spec.get('argv') else '(hidden)'}",
+        f"  cwd:         {safe(spec['cwd']) if spec.get('cwd') else '(hidden)'}",
         f"  request:     {n_gpus} GPU(s), memory {mem}" + (", checkpointable" if spec.get("checkpointable") else ""),
         f"  priority:    {spec.get('priority', 0)}",
     ]
     if spec.get("after"):
         lines.append(f"  after:       {', '.join(str(a) for a in spec['after'])}")
-    if spec.get("time_limit_s"):
+    if _number(spec.get("time_limit_s")):
         lines.append(f"  time limit:  {format_duration(spec['time_limit_s'])}")
     lines.append(f"  submitted:   {_ts(j.get('submitted_at'))}")
     p = j.get("placement")
     if p:
-        lines.append(f"  placement:   node {p['node']}, GPUs {','.join(str(i) for i in p['gpu_indices']) or '-'}"
-                     f" ({', '.join(p['gpu_uuids']) or 'CPU only'})")
+        lines.append(safe(f"  placement:   node {p['node']}, GPUs {','.join(str(i) for i in p['gpu_indices']) or '-'}"
+                          f" ({', '.join(p['gpu_uuids']) or 'CPU only'})"))
         lines.append(f"  started:     {_ts(j.get('started_at'))}" + (f", pid {j['pid']}" if j.get("pid") else ""))
-    if j.get("elapsed_s") is not None:
+    if _number(j.get("elapsed_s")) is not None:
         lines.append(f"  elapsed:     {format_duration(j['elapsed_s'])}")
     if j.get("progress"):
         lines.append(f"  progress:    {_progress(j['progress'])}")
@@ -154,9 +201,19 @@ def job_detail(j: dict[str, Any]) -> str:
     if j.get("requeues"):
         lines.append(f"  requeues:    {j['requeues']}")
     if j.get("log_path"):
-        lines.append(f"  log:         {j['log_path']}  (gpuq logs {j['id']})")
+        lines.append(f"  log:         {safe(j['log_path'])}  (gpuq logs {j['id']})")
     if j.get("events"):
         lines.append("  events:")
         for e in j["events"][-15:]:
-            lines.append(f"    {_ts(e['at'])}  {e['text']}")
+            lines.append(f"    {_ts(e.get('at'))}  {safe(e.get('text', ''))}")
     return "\n".join(lines)
+
+
+def notices(status: dict[str, Any]) -> str:
+    """Lines about the store itself (records set aside), or "" when there is nothing to say."""
+    aside = status.get("set_aside") or []
+    if not aside:
+        return ""
+    ids = ", ".join(safe(r.get("id", "?")) for r in aside[:10]) + (" …" if len(aside) > 10 else "")
+    return (f"Note: {len(aside)} stored job record(s) could not be read and were set aside with their evidence "
+            f"(job {ids}); the rest of the queue is unaffected. Root sees the details in `gpuq status --json`.")

@@ -18,7 +18,7 @@ from gpuq.daemon.api import ApiServer
 from gpuq.daemon.embedded_redis import EmbeddedRedis
 from gpuq.daemon.service import Service
 from gpuq.errors import GpuqError, StoreUnavailable
-from gpuq.scheduler.loop import SchedulerLoop
+from gpuq.daemon.scheduler_loop import SchedulerLoop
 from gpuq.store import Store, redacted
 from gpuq.workers.agent import NodeAgent
 from gpuq.workers.probe import make_probe
@@ -105,8 +105,7 @@ class Daemon:
         try:
             agent.reconcile_on_start()
             agent.tick()
-            submit_limits = _submit_limits(cfg)
-            api = ApiServer(sock, Service(store, cfg, time.time, submit_limits))
+            api = ApiServer(sock, Service(store, cfg, time.time))
             api.start()
             if cfg.scheduler:
                 loop = SchedulerLoop(store, cfg, on_placed=self._placed, on_wake=self.agent_wake.set)
@@ -156,10 +155,3 @@ class Daemon:
             log.info("gpuq daemon stopped")
         return 0
 
-
-def _submit_limits(cfg: DaemonConfig):
-    try:
-        from gpuq.scheduler.fairshare import check_submit_limits
-    except ImportError:
-        return None
-    return lambda user, pending_count: check_submit_limits(user, pending_count, cfg.policy)

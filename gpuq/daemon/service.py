@@ -6,22 +6,30 @@ a request body never says who is asking.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pwd
-import shutil
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 from gpuq.config import DaemonConfig
-from gpuq.errors import GpuqError, InvalidInput, PermissionDenied, WouldNeverFit
+from gpuq.daemon.arrays import PLACEHOLDER, expand_ids, member_ref, parse_array, substitute
+from gpuq.daemon.history import history as finished_history
+from gpuq.daemon.logtail import tail_offset
+from gpuq.daemon.schema import HistoryQuery, JobRef, SubmitRequest
+from gpuq.daemon.usercheck import resolve_as
+from gpuq.errors import GpuqError, InvalidInput, PermissionDenied, StateDirectoryFull, WouldNeverFit
 from gpuq.gpus import snapshot_to_dict
 from gpuq.jobs.model import Job, JobSpec, JobState, Owner, Resources, StopKind, StopRequest
-from gpuq.scheduler.policy import never_fits
+from gpuq.scheduler.placement import never_fits
 from gpuq.store import Store
-from gpuq.units import parse_duration_s, parse_fraction, parse_size_mib
 
-MAX_ARGV_BYTES = 128 * 1024
+
 LOG_CHUNK_BYTES = 256 * 1024
+#: Pending and held jobs one user may have when ``[scheduler] max_pending`` does not say.
+DEFAULT_MAX_PENDING = 1000
+#: Finished jobs ``gpuq status --all`` shows (the newest); older ones stay in the store until retention.
+STATUS_FINISHED_SHOWN = 200
 
 
 @dataclass(frozen=True)
@@ -50,84 +58,13 @@ class Caller:
         return Owner(uid=self.uid, gid=self.gid, user=self.user, groups=self.groups)
 
 
-def resolve_command(argv: Sequence[str], cwd: str, env: Mapping[str, str]) -> tuple[str, ...]:
-    """The command to execute.  ``*.py`` runs with the first ``python3`` on the submitting
-    shell's PATH (so an activated venv or conda env is used; ``GPUQ_PYTHON`` overrides);
-    anything else runs as given, looked up on that PATH."""
-    if not argv or not argv[0]:
-        raise InvalidInput("nothing to run: give a script or a command, like `gpuq submit train.py`.")
-    first = argv[0]
-    path = env.get("PATH", "/usr/local/bin:/usr/bin:/bin")
-    if first.endswith(".py"):
-        script = os.path.normpath(os.path.join(cwd, first))
-        if not os.path.isfile(script):
-            raise InvalidInput(f"script {first} does not exist in {cwd}: check the name and the directory you submit from.")
-        python = env.get("GPUQ_PYTHON") or shutil.which("python3", path=path) or shutil.which("python", path=path)
-        if not python:
-            raise InvalidInput("no python3 on your PATH to run the script: activate your environment or set GPUQ_PYTHON.")
-        return (python, script, *argv[1:])
-    if "/" in first:
-        exe = os.path.normpath(os.path.join(cwd, first))
-        if not os.path.isfile(exe):
-            raise InvalidInput(f"{first} does not exist in {cwd}: check the name and the directory you submit from.")
-        if not os.access(exe, os.X_OK):
-            raise InvalidInput(f"{first} is not executable: run `chmod +x {first}` or submit it as `-- bash {first}`.")
-        return (exe, *argv[1:])
-    exe = shutil.which(first, path=path)
-    if exe is None:
-        raise InvalidInput(f"command {first!r} is not on your PATH and is not a file in {cwd}: check the name.")
-    return (exe, *argv[1:])
-
-
-def _opt_int(body: Mapping[str, Any], key: str, default: int) -> int:
-    v = body.get(key, default)
-    if v is None:
-        return default
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise InvalidInput(f"{key} must be a whole number, not {v!r}.")
-    return v
-
-
-def parse_submission(body: Mapping[str, Any]) -> tuple[list[str], str, dict[str, str], dict[str, Any]]:
-    """Check a submit request's shape; returns argv, cwd, env and the options."""
-    argv = body.get("argv")
-    if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
-        raise InvalidInput("nothing to run: give a script or a command, like `gpuq submit train.py`.")
-    if sum(len(a) for a in argv) > MAX_ARGV_BYTES:
-        raise InvalidInput("the command line is too long; put the arguments in a file.")
-    cwd = body.get("cwd")
-    if not isinstance(cwd, str) or not os.path.isabs(cwd):
-        raise InvalidInput("the working directory must be an absolute path.")
-    if not os.path.isdir(cwd):
-        raise InvalidInput(f"working directory {cwd} does not exist.")
-    env = body.get("env") or {}
-    if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
-        raise InvalidInput("env must map names to strings.")
-    return argv, cwd, env, body
-
-
-def build_resources(body: Mapping[str, Any]) -> Resources:
-    gpus = _opt_int(body, "gpus", 1)
-    if gpus < 0:
-        raise InvalidInput(f"--gpus {gpus} is negative: give 0 for a CPU-only job or a positive count.")
-    mem = body.get("gpu_mem")
-    frac = body.get("fraction")
-    return Resources(
-        gpus=gpus,
-        mem_mib=None if mem in (None, "") else parse_size_mib(str(mem), what="--gpu-mem"),
-        fraction=None if frac in (None, "") else parse_fraction(frac),
-        exclusive=bool(body.get("exclusive", False)),
-    )
-
-
 class Service:
-    def __init__(self, store: Store, cfg: DaemonConfig, clock: Callable[[], float],
-                 submit_limits: Callable[[str, int], None] | None = None):
+    def __init__(self, store: Store, cfg: DaemonConfig, clock: Callable[[], float]):
         self.store = store
         self.cfg = cfg
         self.clock = clock
-        self.submit_limits = submit_limits
         self.daemon_uid = os.geteuid()
+        store.ensure_indexes()
 
     # ---- authorisation ------------------------------------------------------------------------
 
@@ -143,60 +80,96 @@ class Service:
         if not caller.is_root and caller.uid != job.owner.uid:
             raise PermissionDenied(f"job {job.id} belongs to {job.owner.user}: only its owner or root may {verb} it.")
 
+    def max_pending(self, user: str) -> int:
+        limit = self.cfg.policy.limits_for(user).max_pending
+        return DEFAULT_MAX_PENDING if limit is None else limit
+
+    def _check_free_space(self) -> None:
+        """Refuse new work while the state directory (logs, the store's files) is nearly full."""
+        try:
+            st = os.statvfs(self.cfg.home)
+        except OSError:
+            return
+        free_mib = st.f_bavail * st.f_frsize // (1024 * 1024)
+        if free_mib < self.cfg.min_free_mib:
+            raise StateDirectoryFull(
+                f"the gpuq state directory {self.cfg.home} has only {free_mib} MiB free (less than the "
+                f"{self.cfg.min_free_mib} MiB it keeps in reserve), so new jobs are refused until space is "
+                "freed; running jobs go on, and submissions work again by themselves once there is room.")
+
     # ---- submit -------------------------------------------------------------------------------
 
-    def submit(self, caller: Caller, body: Mapping[str, Any]) -> dict[str, Any]:
+    def submit(self, caller: Caller, req: SubmitRequest) -> dict[str, Any]:
+        """``req`` was parsed and bounded by :mod:`gpuq.daemon.schema`."""
         self._may_submit(caller)
-        argv, cwd, env, opts = parse_submission(body)
-        resources = build_resources(opts)
-        time_limit = opts.get("time_limit")
-        after_raw = opts.get("after") or []
-        if not isinstance(after_raw, list):
-            after_raw = [after_raw]
-        try:
-            after = tuple(int(a) for a in after_raw)
-        except (TypeError, ValueError):
-            raise InvalidInput(f"--after takes job ids, not {after_raw!r}.") from None
-        priority = _opt_int(opts, "priority", 0)
-        if not -1000 <= priority <= 1000:
-            raise InvalidInput(f"--priority {priority} is out of range: give a whole number from -1000 to 1000.")
-        if priority > 0 and not caller.is_root:
-            raise PermissionDenied(f"--priority {priority}: only root may raise a job's priority (it orders jobs "
+        if req.priority > 0 and not caller.is_root:
+            raise PermissionDenied(f"--priority {req.priority}: only root may raise a job's priority (it orders jobs "
                                    "across users); give 0 or a negative priority to let your other jobs go first.")
-        name = str(opts.get("name") or "")
-        if len(name) > 200:
-            raise InvalidInput("--name is longer than 200 characters: give a shorter name.")
-        spec = JobSpec(
-            argv=resolve_command(argv, cwd, env), cwd=cwd, env=env, name=name, priority=priority, after=after,
-            time_limit_s=None if time_limit in (None, "") else parse_duration_s(str(time_limit), what="--time-limit"),
-            checkpointable=bool(opts.get("checkpointable", False)), resources=resources,
-        )
-        for dep in after:
-            self.store.get(dep)  # raises JobNotFound with a clear sentence
+        resources = Resources(gpus=req.gpus, mem_mib=req.gpu_mem_mib, fraction=req.fraction, exclusive=req.exclusive)
+        self._check_free_space()
+        per_element = req.commands is not None or (req.array is not None and PLACEHOLDER in req.argv[0])
+        argv = req.argv if per_element else resolve_as(caller.uid, caller.gid, caller.groups, req.argv, req.cwd,
+                                                       req.env)
+        spec = JobSpec(argv=argv, cwd=req.cwd, env=dict(req.env), name=req.name, priority=req.priority,
+                       after=self._dependencies(req.after, "--after"), time_limit_s=req.time_limit_s,
+                       checkpointable=req.checkpointable, resources=resources,
+                       after_any=self._dependencies(req.after_any, "--after-any"),
+                       after_notok=self._dependencies(req.after_notok, "--after-notok"), notify=req.notify)
         why = never_fits(resources, self.store.nodes())
         if why is not None:
             raise WouldNeverFit(f"this job could never run: {why}; ask for less.")
-        if self.submit_limits is not None:
-            mine = sum(1 for j in self.store.active_jobs()
-                       if j.owner.uid == caller.uid and j.state in (JobState.PENDING, JobState.HELD))
-            self.submit_limits(caller.user, mine)
         now = self.clock()
+        if req.array is not None or req.commands is not None:
+            return self._submit_array(caller, req, spec, now)
         job = self.store.submit(
             lambda job_id: Job(id=job_id, spec=spec, owner=caller.owner(), state=JobState.PENDING, submitted_at=now),
-            now,
+            now, uid=caller.uid, max_queued=self.max_pending(caller.user),
         )
-        return {"id": job.id, "job": self._public(job, caller, now)}
+        return {"id": job.id, "job": self._public(job, caller, now), "notes": list(req.notes)}
+
+    def _dependencies(self, refs: Sequence[JobRef], what: str) -> tuple[int, ...]:
+        """The job ids of one kind of dependency (each must exist); an array id stands for all its jobs."""
+        return tuple(expand_ids(refs, self.store.get, self.store.get_many, what))
+
+    def _submit_array(self, caller: Caller, req: SubmitRequest, spec: JobSpec, now: float) -> dict[str, Any]:
+        """One request, many jobs: ``--array`` over one command, or ``--from FILE`` (one per line)."""
+        indices, limit = parse_array(req.array or "", len(req.commands) if req.commands is not None else None)
+        argvs: list[tuple[str, ...]] = []
+        for i in indices:
+            if req.commands is not None:
+                argvs.append(resolve_as(caller.uid, caller.gid, caller.groups, req.commands[i], req.cwd, req.env))
+            elif spec.argv is req.argv and PLACEHOLDER in req.argv[0]:
+                argvs.append(resolve_as(caller.uid, caller.gid, caller.groups, substitute(req.argv, i), req.cwd,
+                                        req.env))
+            else:
+                argvs.append(tuple(substitute(spec.argv, i)))
+        owner = caller.owner()
+
+        def build(first: int) -> list[Job]:
+            return [Job(id=first + n, owner=owner, state=JobState.PENDING, submitted_at=now,
+                        spec=dataclasses.replace(spec, argv=argv, array=member_ref(first, i, len(indices), limit)))
+                    for n, (i, argv) in enumerate(zip(indices, argvs))]
+
+        jobs = self.store.submit_many(len(indices), build, now, uid=caller.uid,
+                                      max_queued=self.max_pending(caller.user))
+        return {"id": jobs[0].id, "array_id": jobs[0].id, "ids": [j.id for j in jobs], "limit": limit,
+                "indices": indices, "notes": list(req.notes)}
 
     # ---- read ---------------------------------------------------------------------------------
 
     def _public(self, job: Job, caller: Caller, now: float, reasons: Mapping[int, str] | None = None,
                 with_env: bool = True) -> dict[str, Any]:
-        d = job.to_dict(with_env=with_env and (caller.is_root or caller.uid == job.owner.uid))
+        mine = caller.is_root or caller.uid == job.owner.uid
+        d = job.to_dict(with_env=with_env and mine)
         d["display_name"] = job.display_name
+        if not mine and not self.cfg.show_others_commands:  # [daemon] show_others_commands = false
+            d["spec"]["argv"], d["spec"]["cwd"] = [], ""
+            d["display_name"] = job.spec.name or "(hidden)"
+            d["hidden"] = True
         if job.state is JobState.RUNNING and job.started_at is not None:
-            d["elapsed_s"] = now - job.started_at
-        elif job.state.terminal and job.ended_at is not None and job.last_run_s:
-            d["elapsed_s"] = job.last_run_s
+            d["elapsed_s"] = job.total_run_s + (now - job.started_at)  # every run, this one included
+        elif job.total_run_s:
+            d["elapsed_s"] = job.total_run_s
         if reasons is not None and job.id in reasons:
             d["reason"] = reasons[job.id]
         elif job.state is JobState.HELD:
@@ -209,7 +182,7 @@ class Service:
         now = self.clock()
         jobs = self.store.active_jobs()
         if include_finished:
-            jobs = sorted(jobs + self.store.finished_jobs(), key=lambda j: j.id)
+            jobs = sorted(jobs + self.store.finished_jobs(STATUS_FINISHED_SHOWN), key=lambda j: j.id)
         reasons = self.store.reasons()
         nodes = self.store.nodes()
         running = [j for j in jobs if j.state is JobState.RUNNING and j.placement]
@@ -227,7 +200,15 @@ class Service:
             "jobs": [self._public(j, caller, now, reasons, with_env=False) for j in jobs],  # env: GET /v1/jobs/ID
             "nodes": node_dicts,
             "leader": self.store.leader(),
+            "set_aside": self._set_aside(caller),
         }
+
+    def _set_aside(self, caller: Caller) -> list[dict[str, Any]]:
+        """Stored records that could not be read (evidence kept); the raw text only for root."""
+        records = self.store.set_aside_records()
+        if not caller.is_root:
+            return [{k: r[k] for k in ("id", "at")} for r in records]
+        return records
 
     def job(self, caller: Caller, job_id: int) -> dict[str, Any]:
         now = self.clock()
@@ -250,24 +231,59 @@ class Service:
             data = b""
         return data, max(0, offset) + len(data), job
 
+    def lookup(self, caller: Caller, refs: Sequence[JobRef]) -> list[dict[str, Any]]:
+        """The jobs that job ids, array ids and ``ARRAY_INDEX`` name (no environments)."""
+        now = self.clock()
+        reasons = self.store.reasons()
+        wanted = expand_ids(refs, self.store.get, self.store.get_many, "job ids")
+        return [self._public(j, caller, now, reasons, with_env=False) for j in self.store.get_many(wanted)]
+
+    def log_tail_offset(self, caller: Caller, job_id: int, lines: int) -> int:
+        """Where the last ``lines`` lines of the job's log begin (`gpuq logs --tail N`)."""
+        job = self.store.get(job_id)
+        if not caller.is_root and caller.uid != job.owner.uid:
+            raise PermissionDenied(f"job {job_id} belongs to {job.owner.user}: only its owner or root may read its log.")
+        return tail_offset(self.cfg.paths.job_log(job_id), lines)
+
+    def history(self, caller: Caller, query: HistoryQuery) -> dict[str, Any]:
+        """Finished jobs, newest first (`gpuq history`); commands hidden as status hides them."""
+        rows = finished_history(self.store, query)
+        if not self.cfg.show_others_commands and not caller.is_root:
+            for r in rows:
+                if r["user"] != caller.user:
+                    r["name"] = r["given_name"] or "(hidden)"
+        for r in rows:
+            r.pop("given_name", None)
+        return {"jobs": rows}
+
     # ---- change -------------------------------------------------------------------------------
 
-    def _act(self, caller: Caller, ids: Sequence[int], verb: str,
+    def _act(self, caller: Caller, refs: Sequence[JobRef], verb: str,
              change: Callable[[Job], Job | None]) -> list[dict[str, Any]]:
-        out = []
-        for job_id in ids:
+        out: list[dict[str, Any]] = []
+        for ref in refs:
             try:
-                job = self.store.get(int(job_id))
-                self._may_change(caller, job, verb)
-                new = self.store.update(job.id, change, self.clock(), event=f"{verb} by {caller.user}")
-                final = new or self.store.get(job.id)
-                out.append({"id": job.id, "ok": True, "state": final.state.value,
-                            "stopping": final.stop_request is not None})
+                targets = expand_ids([ref], self.store.get, self.store.get_many, verb)  # an array id: all its jobs
             except GpuqError as e:
-                out.append({"id": job_id, "ok": False, "error": str(e), "status": e.http_status})
+                out.append({"id": ref, "ok": False, "error": str(e), "status": e.http_status})
+                continue
+            for job_id in targets:
+                out.append(self._act_one(caller, job_id, verb, change))
         return out
 
-    def cancel(self, caller: Caller, ids: Sequence[int]) -> list[dict[str, Any]]:
+    def _act_one(self, caller: Caller, job_id: int, verb: str, change: Callable[[Job], Job | None]) -> dict[str, Any]:
+        try:
+            job = self.store.get(job_id)
+            self._may_change(caller, job, verb)
+            new = self.store.update(job.id, change, self.clock(), event=f"{verb} by {caller.user}")
+            final = new or self.store.get(job.id)
+            return {"id": job.id, "ok": True, "state": final.state.value, "changed": new is not None,
+                    "stopping": final.stop_request is not None,
+                    "stop_kind": final.stop_request.kind.value if final.stop_request is not None else None}
+        except GpuqError as e:
+            return {"id": job_id, "ok": False, "error": str(e), "status": e.http_status}
+
+    def cancel(self, caller: Caller, ids: Sequence[JobRef]) -> list[dict[str, Any]]:
         now = self.clock()
 
         def change(j: Job) -> Job | None:
@@ -281,7 +297,7 @@ class Service:
 
         return self._act(caller, ids, "cancel", change)
 
-    def hold(self, caller: Caller, ids: Sequence[int]) -> list[dict[str, Any]]:
+    def hold(self, caller: Caller, ids: Sequence[JobRef]) -> list[dict[str, Any]]:
         def change(j: Job) -> Job | None:
             if j.state is JobState.HELD:
                 return None
@@ -291,7 +307,7 @@ class Service:
 
         return self._act(caller, ids, "hold", change)
 
-    def release(self, caller: Caller, ids: Sequence[int]) -> list[dict[str, Any]]:
+    def release(self, caller: Caller, ids: Sequence[JobRef]) -> list[dict[str, Any]]:
         def change(j: Job) -> Job | None:
             if j.state is JobState.PENDING:
                 return None
@@ -301,7 +317,7 @@ class Service:
 
         return self._act(caller, ids, "release", change)
 
-    def requeue(self, caller: Caller, ids: Sequence[int]) -> list[dict[str, Any]]:
+    def requeue(self, caller: Caller, ids: Sequence[JobRef]) -> list[dict[str, Any]]:
         now = self.clock()
 
         def change(j: Job) -> Job | None:
@@ -318,6 +334,16 @@ class Service:
 
         return self._act(caller, ids, "requeue", change)
 
+    def housekeep(self) -> int:
+        """Delete finished jobs older than the retention; returns how many went."""
+        cutoff = self.clock() - self.cfg.retention_s
+        total = 0
+        while True:
+            n = self.store.purge_finished(cutoff)
+            total += n
+            if n < 500:
+                return total
+
     def usage(self, caller: Caller) -> dict[str, Any]:
         from gpuq.scheduler import fairshare
 
@@ -326,4 +352,4 @@ class Service:
         pending = [j for j in jobs if j.state in (JobState.PENDING, JobState.HELD)]
         running = [j for j in jobs if j.state is JobState.RUNNING]
         rows = fairshare.usage_report(self.store.usage_records(), pending, running, self.cfg.policy, now)
-        return {"now": now, "users": rows}
+        return {"now": now, "users": rows, "accounting": self.store.accounting()}

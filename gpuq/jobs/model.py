@@ -8,6 +8,7 @@ an older gpuq must keep loading, so ``from_dict`` tolerates missing fields and
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Mapping
@@ -19,6 +20,10 @@ SCHEMA_VERSION = 1
 #: Exit status a job uses to say "I was preempted and saved a checkpoint: requeue me".
 #: 75 is EX_TEMPFAIL from sysexits.h ("temporary failure; try again later").
 REQUEUE_EXIT_CODE = 75
+
+#: The smallest GPU memory a job reserves on a shared GPU: a tiny --fraction or --gpu-mem is
+#: rounded up to it, so no job ever reserves 0 MiB.
+MIN_GPU_MEM_MIB = 256
 
 
 class JobState(str, Enum):
@@ -96,18 +101,19 @@ class Resources:
         """Memory this job reserves on one GPU of the given size."""
         if self.whole_gpus:
             return gpu_total_mib
-        if self.mem_mib is not None:
-            return self.mem_mib
-        assert self.fraction is not None  # guaranteed by __post_init__
-        return int(self.fraction * gpu_total_mib)
+        share = self.limit_mib(gpu_total_mib)
+        return 0 if share is None else share  # None: a CPU-only job
 
     def limit_mib(self, gpu_total_mib: int) -> int | None:
-        """The framework memory limit for one GPU, or None for "whole GPU, allow growth"."""
+        """The framework memory limit for one GPU, or None for "whole GPU, allow growth".
+        Never below :data:`MIN_GPU_MEM_MIB` (nor above the GPU)."""
         if self.mem_mib is not None:
-            return self.mem_mib
-        if self.fraction is not None:
-            return int(self.fraction * gpu_total_mib)
-        return None
+            share = self.mem_mib
+        elif self.fraction is not None:
+            share = int(self.fraction * gpu_total_mib)
+        else:
+            return None
+        return max(share, min(MIN_GPU_MEM_MIB, gpu_total_mib))
 
 
 @dataclass(frozen=True)
@@ -118,6 +124,18 @@ class Owner:
     gid: int
     user: str
     groups: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class ArrayMember:
+    """This job is element ``index`` of job array ``array_id`` (the id of the array's first job;
+    the array's jobs have the consecutive ids ``array_id .. array_id + size - 1``).  ``limit``:
+    at most this many of the array's jobs run at once (``--array 0-99%8``); None: no limit."""
+
+    array_id: int
+    index: int
+    size: int
+    limit: int | None = None
 
 
 @dataclass(frozen=True)
@@ -133,6 +151,10 @@ class JobSpec:
     time_limit_s: float | None = None
     checkpointable: bool = False
     resources: Resources = field(default_factory=Resources)
+    after_any: tuple[int, ...] = ()  # starts once these ended, however they ended
+    after_notok: tuple[int, ...] = ()  # starts once these ended without success
+    array: ArrayMember | None = None
+    notify: str = ""  # shell command run as the owner when the job ends (gpuq/workers/notify.py)
 
     def __post_init__(self) -> None:
         if not self.argv:
@@ -190,6 +212,7 @@ class Job:
     requeues: int = 0
     attained_gpu_s: float = 0.0  # GPU-seconds received in earlier runs (for LAS)
     last_run_s: float = 0.0  # wall seconds of the previous run
+    total_run_s: float = 0.0  # wall seconds of all finished runs (requeued ones included)
 
     def __post_init__(self) -> None:
         running_only = {
@@ -265,12 +288,16 @@ def job_to_dict(job: Job, with_env: bool = True) -> dict[str, Any]:
             "argv": list(spec.argv), "cwd": spec.cwd, "name": spec.name, "priority": spec.priority,
             "after": list(spec.after), "time_limit_s": spec.time_limit_s,
             "checkpointable": spec.checkpointable,
+            "after_any": list(spec.after_any) or None, "after_notok": list(spec.after_notok) or None,
+            "array": None if spec.array is None else _drop_none(dataclasses.asdict(spec.array)),
+            "notify": spec.notify or None,
             "resources": _drop_none({"gpus": r.gpus, "mem_mib": r.mem_mib, "fraction": r.fraction,
                                      "exclusive": r.exclusive}),
         }),
         "requeues": job.requeues,
         "attained_gpu_s": job.attained_gpu_s,
         "last_run_s": job.last_run_s,
+        "total_run_s": job.total_run_s,
     }
     if with_env:
         out["spec"]["env"] = dict(spec.env)
@@ -285,7 +312,7 @@ def job_to_dict(job: Job, with_env: bool = True) -> dict[str, Any]:
         out["stop_request"] = {"kind": job.stop_request.kind.value, "at": job.stop_request.at,
                                "by": job.stop_request.by}
     if job.progress is not None:
-        out["progress"] = _drop_none(dataclasses.asdict(job.progress))
+        out["progress"] = _drop_none({k: _measure(v) for k, v in dataclasses.asdict(job.progress).items()})
     for k in ("placed_at", "started_at", "pid", "ended_at", "exit_code"):
         v = getattr(job, k)
         if v is not None:
@@ -293,50 +320,125 @@ def job_to_dict(job: Job, with_env: bool = True) -> dict[str, Any]:
     return out
 
 
+class BadRecord(ValueError):
+    """A stored job record that cannot be read: bad JSON, a missing or invalid field."""
+
+
+def _obj(v: Any, what: str) -> Mapping[str, Any]:
+    if not isinstance(v, Mapping):
+        raise BadRecord(f"{what} is not an object")
+    return v
+
+
+def _int(v: Any, what: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise BadRecord(f"{what} is not a whole number")
+    return v
+
+
+def _opt_int(v: Any, what: str) -> int | None:
+    return None if v is None else _int(v, what)
+
+
+def _num(v: Any, what: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise BadRecord(f"{what} is not a finite number")
+    return float(v)
+
+
+def _opt_num(v: Any, what: str) -> float | None:
+    return None if v is None else _num(v, what)
+
+
+def _str(v: Any, what: str) -> str:
+    if not isinstance(v, str):
+        raise BadRecord(f"{what} is not text")
+    return v
+
+
+def _strs(v: Any, what: str) -> tuple[str, ...]:
+    if not isinstance(v, (list, tuple)):
+        raise BadRecord(f"{what} is not a list")
+    return tuple(_str(x, what) for x in v)
+
+
+def _measure(v: Any) -> float | None:
+    """A progress figure the job itself reported: NaN, Infinity or junk reads as "unknown"."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        return None
+    return v
+
+
 def job_from_dict(d: Mapping[str, Any]) -> Job:
-    version = d.get("v", 1)
+    """The job a stored record describes; :class:`BadRecord` when it cannot be one."""
+    try:
+        return _job_from_dict(_obj(d, "the record"))
+    except BadRecord:
+        raise
+    except (KeyError, ValueError, TypeError, InvalidInput) as e:
+        raise BadRecord(f"{type(e).__name__}: {e}") from e
+
+
+def _job_from_dict(d: Mapping[str, Any]) -> Job:
+    version = _int(d.get("v", 1), "v")
     if version > SCHEMA_VERSION:
-        raise ValueError(f"job record version {version} is newer than this gpuq understands ({SCHEMA_VERSION})")
-    s = d.get("spec", {})
-    r = s.get("resources", {})
-    o = d.get("owner", {})
+        raise BadRecord(f"job record version {version} is newer than this gpuq understands ({SCHEMA_VERSION})")
+    s = _obj(d.get("spec", {}), "spec")
+    r = _obj(s.get("resources", {}), "spec.resources")
+    o = _obj(d.get("owner", {}), "owner")
     p = d.get("placement")
     sr = d.get("stop_request")
     pr = d.get("progress")
+    ar = s.get("array")
+    env = _obj(s.get("env", {}), "spec.env")
     return Job(
-        id=int(d["id"]),
+        id=_int(d["id"], "id"),
         state=JobState(d["state"]),
-        submitted_at=float(d.get("submitted_at", 0.0)),
-        owner=Owner(uid=int(o.get("uid", -1)), gid=int(o.get("gid", -1)), user=str(o.get("user", "?")),
-                    groups=tuple(o.get("groups", ()))),
+        submitted_at=_num(d.get("submitted_at", 0.0), "submitted_at"),
+        owner=Owner(uid=_int(o.get("uid", -1), "owner.uid"), gid=_int(o.get("gid", -1), "owner.gid"),
+                    user=_str(o.get("user", "?"), "owner.user"),
+                    groups=tuple(_int(g, "owner.groups") for g in o.get("groups", ()))),
         spec=JobSpec(
-            argv=tuple(s.get("argv", ())),
-            cwd=s.get("cwd", "/"),
-            env=dict(s.get("env", {})),
-            name=s.get("name", ""),
-            priority=int(s.get("priority", 0)),
-            after=tuple(int(a) for a in s.get("after", ())),
-            time_limit_s=s.get("time_limit_s"),
+            argv=_strs(s.get("argv", ()), "spec.argv"),
+            cwd=_str(s.get("cwd", "/"), "spec.cwd"),
+            env={_str(k, "spec.env"): _str(v, "spec.env") for k, v in env.items()},
+            name=_str(s.get("name", ""), "spec.name"),
+            priority=_int(s.get("priority", 0), "spec.priority"),
+            after=tuple(_int(a, "spec.after") for a in s.get("after", ())),
+            time_limit_s=_opt_num(s.get("time_limit_s"), "spec.time_limit_s"),
             checkpointable=bool(s.get("checkpointable", False)),
-            resources=Resources(gpus=int(r.get("gpus", 1)), mem_mib=r.get("mem_mib"),
-                                fraction=r.get("fraction"), exclusive=bool(r.get("exclusive", False))),
+            after_any=tuple(_int(a, "spec.after_any") for a in s.get("after_any", ())),
+            after_notok=tuple(_int(a, "spec.after_notok") for a in s.get("after_notok", ())),
+            array=None if ar is None else ArrayMember(
+                array_id=_int(_obj(ar, "spec.array")["array_id"], "spec.array.array_id"),
+                index=_int(ar["index"], "spec.array.index"), size=_int(ar["size"], "spec.array.size"),
+                limit=_opt_int(ar.get("limit"), "spec.array.limit")),
+            notify=_str(s.get("notify", ""), "spec.notify"),
+            resources=Resources(gpus=_int(r.get("gpus", 1), "gpus"), mem_mib=_opt_int(r.get("mem_mib"), "mem_mib"),
+                                fraction=_opt_num(r.get("fraction"), "fraction"),
+                                exclusive=bool(r.get("exclusive", False))),
         ),
         placement=None if p is None else Placement(
-            node=p["node"], gpu_uuids=tuple(p.get("gpu_uuids", ())), gpu_indices=tuple(p.get("gpu_indices", ())),
-            reserved_mib=tuple(p.get("reserved_mib", ())), limit_mib=tuple(p.get("limit_mib", ())),
-            gpu_total_mib=tuple(p.get("gpu_total_mib", ())),
+            node=_str(_obj(p, "placement")["node"], "placement.node"),
+            gpu_uuids=_strs(p.get("gpu_uuids", ()), "placement.gpu_uuids"),
+            gpu_indices=tuple(_int(i, "placement.gpu_indices") for i in p.get("gpu_indices", ())),
+            reserved_mib=tuple(_int(i, "placement.reserved_mib") for i in p.get("reserved_mib", ())),
+            limit_mib=tuple(_opt_int(i, "placement.limit_mib") for i in p.get("limit_mib", ())),
+            gpu_total_mib=tuple(_int(i, "placement.gpu_total_mib") for i in p.get("gpu_total_mib", ())),
         ),
-        placed_at=d.get("placed_at"),
-        started_at=d.get("started_at"),
-        pid=d.get("pid"),
-        stop_request=None if sr is None else StopRequest(kind=StopKind(sr["kind"]), at=float(sr["at"]),
-                                                          by=sr.get("by", "")),
-        progress=None if pr is None else Progress(**{k: pr.get(k) for k in
+        placed_at=_opt_num(d.get("placed_at"), "placed_at"),
+        started_at=_opt_num(d.get("started_at"), "started_at"),
+        pid=_opt_int(d.get("pid"), "pid"),
+        stop_request=None if sr is None else StopRequest(kind=StopKind(_obj(sr, "stop_request")["kind"]),
+                                                          at=_num(sr["at"], "stop_request.at"),
+                                                          by=_str(sr.get("by", ""), "stop_request.by")),
+        progress=None if pr is None else Progress(**{k: _measure(_obj(pr, "progress").get(k)) for k in
                                                      ("step", "total", "epoch", "loss", "eta_s", "updated_at")}),
-        ended_at=d.get("ended_at"),
-        exit_code=d.get("exit_code"),
-        end_reason=d.get("end_reason", ""),
-        requeues=int(d.get("requeues", 0)),
-        attained_gpu_s=float(d.get("attained_gpu_s", 0.0)),
-        last_run_s=float(d.get("last_run_s", 0.0)),
+        ended_at=_opt_num(d.get("ended_at"), "ended_at"),
+        exit_code=_opt_int(d.get("exit_code"), "exit_code"),
+        end_reason=_str(d.get("end_reason", ""), "end_reason"),
+        requeues=_int(d.get("requeues", 0), "requeues"),
+        attained_gpu_s=_num(d.get("attained_gpu_s", 0.0), "attained_gpu_s"),
+        last_run_s=_num(d.get("last_run_s", 0.0), "last_run_s"),
+        total_run_s=_num(d.get("total_run_s", d.get("last_run_s", 0.0)), "total_run_s"),
     )

@@ -17,10 +17,13 @@ DAY_S = 86400.0
 
 @dataclass(frozen=True)
 class UserLimits:
-    """At most ``max_gpus`` GPUs in use and ``max_pending`` jobs waiting; None means no limit."""
+    """At most ``max_gpus`` GPUs in use and ``max_pending`` jobs waiting; None means no limit.
+    ``max_cpu_jobs``: CPU-only jobs running at once; None means half the cluster's CPU slots
+    (at least one), so one user cannot take every slot by default."""
 
     max_gpus: int | None = None
     max_pending: int | None = None
+    max_cpu_jobs: int | None = None
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,7 @@ class PolicyConfig:
         return UserLimits(
             max_gpus=own.max_gpus if own.max_gpus is not None else self.default_limits.max_gpus,
             max_pending=own.max_pending if own.max_pending is not None else self.default_limits.max_pending,
+            max_cpu_jobs=own.max_cpu_jobs if own.max_cpu_jobs is not None else self.default_limits.max_cpu_jobs,
         )
 
     def share_for(self, user: str, groups: tuple[int, ...] = ()) -> float:
@@ -159,7 +163,7 @@ class PolicyConfig:
             kw["user_shares"] = users
         if groups:
             kw["group_shares"] = groups
-        dl = {k: d.pop(k) for k in ("max_gpus", "max_pending") if k in d}
+        dl = {k: d.pop(k) for k in ("max_gpus", "max_pending", "max_cpu_jobs") if k in d}
         if dl:
             kw["default_limits"] = _limits(dl, "the default")
         limits = d.pop("limits", {})
@@ -213,11 +217,11 @@ def _duration(v: Any, what: str) -> float:
 
 def _limits(v: Any, who: str) -> UserLimits:
     if not isinstance(v, Mapping):
-        raise ConfigError(f"limits for {who} must be a table with max_gpus and/or max_pending.")
+        raise ConfigError(f"limits for {who} must be a table with max_gpus, max_pending and/or max_cpu_jobs.")
     out: dict[str, int | None] = {}
     for k, x in v.items():
-        if k not in ("max_gpus", "max_pending"):
-            raise ConfigError(f"limit {k!r} for {who} is unknown: use max_gpus or max_pending.")
+        if k not in ("max_gpus", "max_pending", "max_cpu_jobs"):
+            raise ConfigError(f"limit {k!r} for {who} is unknown: use max_gpus, max_pending or max_cpu_jobs.")
         if isinstance(x, bool) or not isinstance(x, int) or x < 0:
             raise ConfigError(f"limit {k} for {who} must be a whole number of at least 0.")
         out[k] = x

@@ -13,7 +13,8 @@ O(nodes + running jobs), not O(GPUs), which keeps the simulator fast on big clus
 from __future__ import annotations
 
 import math
-from typing import Iterable, Sequence
+from contextlib import contextmanager
+from typing import Callable, Iterable, Iterator, NamedTuple, Sequence
 
 from gpuq.gpus import GpuInfo, NodeSnapshot
 from gpuq.jobs.model import Job, Placement, Resources
@@ -22,11 +23,42 @@ from gpuq.units import format_mib
 INF = math.inf
 
 
+class Shape(NamedTuple):
+    """What a request looks like to placement: two jobs of one shape fit in the same places."""
+
+    gpus: int
+    whole: bool
+    mem_mib: int | None
+    fraction: float | None
+
+
+_new_tuple = tuple.__new__
+
+
+def shape_of(res: Resources) -> Shape:
+    return _new_tuple(Shape, (res.gpus, res.whole_gpus, res.mem_mib, res.fraction))  # Shape(...), faster
+
+
+class Hold(NamedTuple):
+    """A GPU kept free for one waiting job.  ``until`` is when that job is expected to start
+    (its shadow time): a job that surely ends by then may still use the GPU.  ``until`` None:
+    the start time is unknown (or the GPU is being freed for it by preemption), so no one may."""
+
+    job_id: int
+    until: float | None
+
+    def admits(self, end_at: float) -> bool:
+        """May a job that ends at ``end_at`` use the held GPU meanwhile?"""
+        return self.until is not None and end_at <= self.until
+
+
 class _Template:
     """What never changes within one set of node snapshots."""
 
     def __init__(self, nodes: Sequence[NodeSnapshot], idle_mem_mib: int) -> None:
         self.names: list[str] = []
+        #: CPU-only job slots per node (None: unbounded)
+        self.cpu_slots: list[int | None] = [n.cpu_slots for n in nodes]
         self.node_slots: list[list[int]] = []
         self.node_of: list[int] = []
         self.gpu: list[GpuInfo] = []
@@ -43,6 +75,8 @@ class _Template:
             self.node_slots.append(idxs)
         self.total = [g.mem_total_mib for g in self.gpu]
         self.used = [g.mem_used_mib for g in self.gpu]
+        #: memory that running jobs took beyond their reservation: never packed onto
+        self.overuse = [g.overuse_mib for g in self.gpu]
         self.base_idle = [g.mem_used_mib <= idle_mem_mib for g in self.gpu]
         self.base_idle_count = [sum(self.base_idle[i] for i in idxs) for idxs in self.node_slots]
         self.max_node_gpus = max((len(x) for x in self.node_slots), default=0)
@@ -82,23 +116,27 @@ class Cluster:
     """All GPUs, with the reservations of running jobs applied."""
 
     def __init__(self, nodes: Sequence[NodeSnapshot], running: Iterable[Job], idle_mem_mib: int,
-                 now: float = 0.0, end_of=None) -> None:
+                 now: float = 0.0, end_of: Callable[[Job], float] | None = None) -> None:
         t = self.t = _template(nodes, idle_mem_mib)
         n = len(t.gpu)
-        self.reserved = [0] * n
+        self.reserved = list(t.overuse)
+        self.cpu_busy = [0] * len(t.names)  # CPU-only jobs running on each node
         self.holders = [0] * n
         self.busy_until = [0.0] * n  # when its last gpuq job is expected to end (inf: unknown)
-        self.shadow: list[float | None] = [None] * n  # held for the head job until then
+        self._holds: dict[int, Hold] = {}  # GPU number -> the waiting job it is kept for
         self.idle_count = list(t.base_idle_count)
         self.bounded_running = 0
         partial: set[int] = set()
         base_idle, node_of = t.base_idle, t.node_of
         total, used = t.total, t.used
         reserved, holders, busy, idle_count = self.reserved, self.holders, self.busy_until, self.idle_count
+        node_k = {name: k for k, name in enumerate(t.names)}
         for job in running:
             p = job.placement
             if p is None:
                 continue
+            if not p.gpu_uuids and p.node in node_k:
+                self.cpu_busy[node_k[p.node]] += 1
             if job.spec.time_limit_s is None or end_of is None:
                 end = INF
             else:
@@ -135,10 +173,54 @@ class Cluster:
     def is_idle(self, i: int) -> bool:
         return self.holders[i] == 0 and self.reserved[i] == 0 and self.t.base_idle[i]
 
+    # ---- CPU-only slots (a node resource like a GPU) ----
+    def fit_cpu(self) -> str | None:
+        """The node with the most free CPU-only slots, or None when every slot is busy."""
+        best: tuple[float, int] | None = None
+        for k, slots in enumerate(self.t.cpu_slots):
+            free = INF if slots is None else slots - self.cpu_busy[k]
+            if free > 0 and (best is None or free > best[0]):
+                best = (free, k)
+        return None if best is None else self.t.names[best[1]]
+
+    def take_cpu(self, node: str) -> None:
+        self.cpu_busy[self.t.names.index(node)] += 1
+
+    def cpu_slots_total(self) -> float:
+        return sum(INF if s is None else s for s in self.t.cpu_slots)
+
+    def why_not_cpu(self) -> str:
+        if not self.t.names:
+            return "no node is up"
+        total = self.cpu_slots_total()
+        return f"all {total:g} CPU slots busy" if total < INF else "no CPU slot free"
+
     def usable(self, i: int, end_at: float) -> bool:
         """A GPU held for the head job may take a job that surely ends before the head starts."""
-        sh = self.shadow[i]
-        return sh is None or (end_at <= sh < INF)
+        h = self._holds.get(i)
+        return h is None or h.admits(end_at)
+
+    # ---- holds: GPUs kept free for a waiting job ----
+    def hold(self, gpus: Iterable[int], job_id: int, until: float | None) -> None:
+        """Keep ``gpus`` for job ``job_id`` until ``until`` (None: until it starts)."""
+        h = Hold(job_id, until)
+        for i in gpus:
+            self._holds[i] = h
+
+    def held(self, i: int) -> Hold | None:
+        return self._holds.get(i)
+
+    def is_held(self, i: int) -> bool:
+        return i in self._holds
+
+    @contextmanager
+    def holds_lifted(self) -> Iterator[None]:
+        """Within the block no GPU is held (to ask "would it fit but for the holds?")."""
+        saved, self._holds = self._holds, {}
+        try:
+            yield
+        finally:
+            self._holds = saved
 
     def fits(self, i: int, res: Resources, end_at: float = INF) -> bool:
         if not self.usable(i, end_at):
@@ -277,10 +359,10 @@ class Cluster:
         if not t.gpu:
             return "no node with GPUs is up"
         if res.whole_gpus:
-            most = max(sum(1 for i in idxs if self.is_idle(i) and self.shadow[i] is None) for idxs in t.node_slots)
+            most = max(sum(1 for i in idxs if self.is_idle(i) and not self.is_held(i)) for idxs in t.node_slots)
             what = f"{res.gpus} GPU" + ("s" if res.gpus != 1 else "")
             if res.gpus > t.max_node_gpus:
-                free = sum(1 for i in range(len(t.gpu)) if self.is_idle(i) and self.shadow[i] is None)
+                free = sum(1 for i in range(len(t.gpu)) if self.is_idle(i) and not self.is_held(i))
                 return f"needs {what} across nodes; {free} free"
             return f"needs {what} on one node; at most {most} free"
         top = max(range(len(t.gpu)), key=self.free_mib)
@@ -325,6 +407,3 @@ def never_fits(res: Resources, nodes: Sequence[NodeSnapshot], gang: bool = False
     return (f"it asks for {format_mib(res.mem_mib)} per GPU on {res.gpus} GPU(s), "
             f"but the largest GPU has {format_mib(biggest)}")
 
-
-def shape_of(res: Resources) -> tuple:
-    return (res.gpus, res.whole_gpus, res.mem_mib, res.fraction)

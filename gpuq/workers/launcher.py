@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from gpuq import accounting
 from gpuq.errors import GpuqError, StoreUnavailable
 from gpuq.jobs.model import REQUEUE_EXIT_CODE, Job, JobState, Progress, StopKind
 from gpuq.paths import Paths
@@ -255,7 +256,6 @@ class Supervisor:
         kill_at: float | None = None
         next_stop_poll = 0.0
         next_progress_poll = started + PROGRESS_POLL_S
-        limit = job.spec.time_limit_s
         progress_path = self.ctx.paths.job_progress_file(job.id)
         while True:
             rc = proc.poll()
@@ -274,7 +274,7 @@ class Supervisor:
                         self._log(log_path, "gpuq: this run is no longer the job's current run")
                     elif current is not None and current.stop_request is not None:
                         stop_kind = current.stop_request.kind
-                    elif limit is not None and now - started > limit:
+                    elif accounting.out_of_time(job, now):  # the limit counts every run of the job
                         timed_out = True
                     if stop_kind is not None or timed_out:
                         why = "time limit reached" if timed_out else f"{stop_kind.value} requested"
@@ -335,10 +335,7 @@ class Supervisor:
 
     def _finish(self, job: Job, rc: int | None, stop_kind: StopKind | None, timed_out: bool, run_s: float) -> str:
         now = self.clock()
-        from gpuq.scheduler import fairshare
-
-        gpu_equiv = fairshare.job_gpu_equiv(job) if job.placement and job.placement.gpu_uuids else 0.0
-        gpu_s = run_s * gpu_equiv  # attained service (for LAS); fair-share usage decays over the run
+        gpu_share = accounting.gpu_share(job)  # one accounting: gpuq/accounting.py
         signal_note = f" (killed by signal {-rc})" if rc is not None and rc < 0 else ""
 
         if rc == 0:
@@ -357,14 +354,14 @@ class Supervisor:
         def change(j: Job) -> Job | None:
             if not same_run(j, job):
                 return None  # reconciled or re-placed meanwhile: never overwrite a newer run
-            common = dict(attained_gpu_s=j.attained_gpu_s + gpu_s, last_run_s=run_s, end_reason=reason)
+            common = dict(accounting.end_of_run(j, run_s), end_reason=reason)
             if to is JobState.PENDING:
                 return j.transition(to, requeues=j.requeues + 1, **common)
             return j.transition(to, ended_at=now, exit_code=rc, **common)
 
         self.store.update(job.id, change, now, event=f"{to.value}: {reason}", wake=False)
-        if gpu_s > 0:
-            self._add_usage(job.owner.user, gpu_equiv, now - run_s, now)
+        if gpu_share > 0 and run_s > 0:
+            self._add_usage(job.owner.user, gpu_share, now - run_s, now)
         self.store.wake("job ended")  # one wake, after usage is recorded
         return f"{to.value}: {reason}"
 

@@ -3,7 +3,7 @@ import time
 
 import pytest
 
-from gpuq.daemon.service import resolve_command
+from gpuq.daemon.usercheck import resolve_command
 from gpuq.errors import InvalidInput
 from gpuq.jobs.model import Job, JobSpec, JobState, Owner, Placement
 from gpuq.workers.env import build_job_env
