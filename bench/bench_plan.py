@@ -17,7 +17,9 @@ import statistics
 import time
 
 from gpuq.jobs.model import Job, JobSpec, JobState, Owner, Placement, Resources
-from gpuq.scheduler.policy import PendingIndex, PolicyConfig, plan
+from gpuq.scheduler.config import PolicyConfig
+from gpuq.scheduler.ordering import PendingIndex
+from gpuq.scheduler.policy import plan
 from gpuq.scheduler.sim import build_nodes
 
 

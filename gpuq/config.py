@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from gpuq.errors import ConfigError, GpuqError
-from gpuq.paths import Paths, default_home
-from gpuq.scheduler.policy import PolicyConfig
+from gpuq.paths import Paths, config_files, default_home
+from gpuq.scheduler.config import PolicyConfig
 from gpuq.units import parse_duration_s, parse_size_bytes, parse_size_mib
 
 
@@ -28,6 +28,8 @@ class DaemonConfig:
     max_workers: int = 64  # upper bound on RQ worker processes per node
     spare_workers: int = 2  # RQ workers per node: a launch takes milliseconds, so a few serve any load
     scheduler: bool = True  # take part in the scheduler leader election
+    keep_impossible_dependents: bool = False  # True: a job whose dependency failed stays pending
+    # ---- launching and supervising jobs: see docs/architecture.md and docs/reliability.md ----
     cpu_slots: int = field(default_factory=lambda: os.cpu_count() or 1)  # CPU-only jobs running at once here
     cgroups: str = "auto"  # auto | v2 | v1 | off: how jobs are contained (gpuq/workers/cgroup.py)
     overuse: str = "warn"  # warn | kill: a job using more GPU memory than it reserved
@@ -48,8 +50,9 @@ class DaemonConfig:
 
 
 _KNOWN = {"redis_url", "simulate_gpus", "grace", "cycle", "probe_interval", "node", "node_ttl", "max_workers",
-          "spare_workers", "scheduler", "cpu_slots", "cgroups", "overuse", "overuse_grace", "log_cap",
-          "node_lost_timeout", "drain", "max_job_size", "retention", "min_free_space", "show_others_commands"}
+          "spare_workers", "scheduler", "max_job_size", "retention", "min_free_space", "show_others_commands",
+          "cpu_slots", "cgroups", "overuse", "overuse_grace", "log_cap", "node_lost_timeout", "drain",
+          "keep_impossible_dependents"}
 
 
 def _policy_from(table: Mapping[str, Any]) -> PolicyConfig:
@@ -70,7 +73,7 @@ def load_config(
     """Build the config: file (``$GPUQ_HOME/config.toml`` or ``config_file``), then the
     environment (``GPUQ_REDIS_URL``, ``GPUQ_SIMULATE_GPUS``, ``GPUQ_NODE``), then ``overrides``."""
     home = home or default_home()
-    path = config_file or Paths(home).config_file
+    path = config_file or next((p for p in config_files(home) if p.exists()), Paths(home).config_file)
     data: dict[str, Any] = {}
     if config_file is not None or path.exists():
         try:
@@ -97,7 +100,7 @@ def load_config(
         for k in ("max_workers", "spare_workers", "cpu_slots"):
             if k in daemon:
                 simple[k] = int(daemon[k])
-        for k in ("scheduler", "drain"):
+        for k in ("scheduler", "keep_impossible_dependents", "drain"):
             if k in daemon:
                 simple[k] = bool(daemon[k])
         for k in ("cgroups", "overuse"):

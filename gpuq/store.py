@@ -149,6 +149,38 @@ class Store:
         with _wrap("counting waiting jobs"):
             return int(self.r.scard(keys.user_queued(uid)))
 
+    def submit_many(self, count: int, build: Callable[[int], list[Job]], now: float, uid: int,
+                    max_queued: int | None = None) -> list[Job]:
+        """Allocate ``count`` consecutive ids (the first is passed to ``build``, which returns the
+        jobs) and store them all in one transaction: a job array is one request, one fsync.  The
+        per-user limit on waiting jobs applies to the whole batch, atomically as in :meth:`submit`."""
+        queued = keys.user_queued(uid)
+        with _wrap("submitting jobs"):
+            first = int(self.r.incrby(keys.NEXT_JOB_ID, count)) - count + 1
+            jobs = build(first)
+            ids = [j.id for j in jobs]
+            with self.r.pipeline(transaction=True) as pipe:
+                while True:
+                    try:
+                        pipe.watch(queued)
+                        have = int(pipe.scard(queued))
+                        if max_queued is not None and have + count > max_queued:
+                            pipe.unwatch()
+                            raise SubmitLimitExceeded(
+                                f"you have {have} jobs waiting; {count} more would pass the limit of {max_queued}: "
+                                "submit a smaller array, or wait for some to start.")
+                        pipe.multi()
+                        pipe.mset({keys.job(j.id): _dump(j) for j in jobs})
+                        pipe.sadd(keys.ACTIVE, *ids)
+                        pipe.sadd(queued, *ids)
+                        for j in jobs:
+                            self._event(pipe, j.id, now, f"submitted by {j.owner.user}")
+                        pipe.lpush(keys.WAKE, "submit")
+                        pipe.execute()
+                        return jobs
+                    except redis.WatchError:
+                        continue
+
     def get(self, job_id: int) -> Job:
         with _wrap("reading a job"):
             raw = self.r.get(keys.job(job_id))
@@ -314,6 +346,13 @@ class Store:
                     pipe.sadd(keys.user_queued(uid), *ids)
                 pipe.set(keys.INDEX_VERSION, INDEX_VERSION)
                 pipe.execute()
+
+    def finished_ids(self, since: float | None, until: float | None, offset: int, count: int) -> list[int]:
+        """Ids of jobs that ended in [since, until), newest first (for `gpuq history`)."""
+        hi = f"({until}" if until is not None else "+inf"
+        lo = since if since is not None else "-inf"
+        with _wrap("reading the history"):
+            return [int(i) for i in self.r.zrevrangebyscore(keys.FINISHED, hi, lo, start=offset, num=count)]
 
     def states_of(self, ids: Sequence[int]) -> dict[int, JobState]:
         return {j.id: j.state for j in self.get_many(list(ids))}

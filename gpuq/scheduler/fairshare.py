@@ -14,7 +14,9 @@ import math
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
+from gpuq.accounting import gpu_share
 from gpuq.jobs.model import Job
+from gpuq.scheduler.config import PolicyConfig
 
 LN2 = math.log(2.0)
 UsageRecord = Mapping[str, float]
@@ -53,17 +55,6 @@ def add_run_usage(record: UsageRecord | None, gpus: float, started_at: float, en
     return add_usage(record, run_usage_gpu_s(gpus, started_at, ended_at, half_life_s), ended_at, half_life_s)
 
 
-def job_gpu_equiv(job: Job) -> float:
-    """GPUs a job occupies for usage: whole GPUs count 1, shared ones their memory share."""
-    p = job.placement
-    res = job.spec.resources
-    if p is None or not p.gpu_uuids:
-        return float(res.gpus)
-    if res.exclusive or (res.mem_mib is None and res.fraction is None):
-        return float(len(p.gpu_uuids))
-    return sum(min(1.0, r / t) if t else 1.0 for r, t in zip(p.reserved_mib, p.gpu_total_mib))
-
-
 def ongoing_usage(running: Iterable[Job], now: float, half_life_s: float) -> dict[str, float]:
     """Decayed GPU-seconds of the runs now in progress, per user (not yet in the records)."""
     out: dict[str, float] = {}
@@ -71,10 +62,10 @@ def ongoing_usage(running: Iterable[Job], now: float, half_life_s: float) -> dic
     rate = -LN2 / half_life_s
     exp = math.exp
     for job in running:
-        since = job.started_at if job.started_at is not None else job.placed_at
+        since = job.started_at
         if since is None or since >= now:
             continue
-        u = job_gpu_equiv(job) * scale * (1.0 - exp(rate * (now - since)))  # = run_usage_gpu_s
+        u = gpu_share(job) * scale * (1.0 - exp(rate * (now - since)))  # = run_usage_gpu_s
         user = job.owner.user
         out[user] = out.get(user, 0.0) + u
     return out
@@ -134,7 +125,6 @@ def share_states(
 
 # ---- `gpuq usage` ---------------------------------------------------------------------------
 
-from gpuq.scheduler.config import PolicyConfig, check_submit_limits  # noqa: E402  (re-exported for the daemon)
 
 
 def usage_report(usage_records: Mapping[str, Any], pending: Iterable[Job], running: Iterable[Job],
@@ -200,5 +190,5 @@ def usage_report(usage_records: Mapping[str, Any], pending: Iterable[Job], runni
     return rows
 
 
-__all__ = ["add_usage", "decayed_usage", "add_run_usage", "run_usage_gpu_s", "job_gpu_equiv", "ongoing_usage",
-           "share_states", "usage_values", "usage_report", "check_submit_limits", "ShareState"]
+__all__ = ["add_usage", "decayed_usage", "add_run_usage", "run_usage_gpu_s", "ongoing_usage",
+           "share_states", "usage_values", "usage_report", "ShareState"]

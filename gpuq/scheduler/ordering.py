@@ -19,35 +19,26 @@ from __future__ import annotations
 
 import bisect
 import heapq
+from collections import Counter
 import math
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
+from gpuq import accounting
 from gpuq.jobs.model import Job
 from gpuq.scheduler.config import PolicyConfig
+from gpuq.scheduler.placement import Shape, shape_of
 
 INF = math.inf
-_PROMOTED: Any = object()  # the source of starving las jobs in the merge
+_PROMOTED = "\0promoted"  # the queue of starving las jobs (no user name holds a NUL)
 
 
 def las_level(attained_gpu_s: float, thresholds: tuple[float, ...]) -> int:
     return bisect.bisect_right(thresholds, attained_gpu_s)
 
 
-def remaining_s(job: Job, now: float | None = None) -> float:
-    """Time limit minus wall time already run (inf without a time limit)."""
-    tl = job.spec.time_limit_s
-    if tl is None:
-        return INF
-    gpus = max(job.spec.resources.gpus, 1)
-    ran = job.attained_gpu_s / gpus
-    if now is not None and job.started_at is not None:
-        ran += max(0.0, now - job.started_at)
-    return tl - ran
-
-
-def _shape(job: Job) -> tuple:
-    r = job.spec.resources
-    return (r.gpus, r.whole_gpus, r.mem_mib, r.fraction)
+def _time_left_waiting(job: Job) -> float:
+    """A waiting job's time left (its runs are over, so the clock does not matter)."""
+    return accounting.time_left_s(job, job.submitted_at)
 
 
 def static_key_fn(config: PolicyConfig) -> Callable[[Job], tuple]:
@@ -57,7 +48,7 @@ def static_key_fn(config: PolicyConfig) -> Callable[[Job], tuple]:
         return lambda j: (-j.spec.priority, j.spec.time_limit_s if j.spec.time_limit_s is not None else INF,
                           j.submitted_at, j.id)
     if p == "srtf":
-        return lambda j: (-j.spec.priority, remaining_s(j), j.submitted_at, j.id)
+        return lambda j: (-j.spec.priority, _time_left_waiting(j), j.submitted_at, j.id)
     if p == "las":
         th = config.las_thresholds_gpu_s
         return lambda j: (-j.spec.priority, las_level(j.attained_gpu_s, th), j.submitted_at, j.id)
@@ -66,9 +57,9 @@ def static_key_fn(config: PolicyConfig) -> Callable[[Job], tuple]:
 
 def las_promoted(job: Job, factor: float, now: float) -> bool:
     """Tiresias-style starvation guard: waited at least ``factor`` times as long as it ran."""
-    if factor <= 0 or job.attained_gpu_s <= 0:
+    ran_s = job.total_run_s
+    if factor <= 0 or ran_s <= 0:
         return False
-    ran_s = job.attained_gpu_s / max(job.spec.resources.gpus, 1)
     return (now - job.submitted_at) - ran_s >= factor * ran_s
 
 
@@ -83,14 +74,21 @@ def effective_key(job: Job, config: PolicyConfig, now: float) -> tuple:
 def running_key(job: Job, config: PolicyConfig, now: float) -> tuple:
     """Where a running job would sort among pending ones (for preemption by las/srtf)."""
     if config.policy == "las":
-        spec = job.spec
-        since = job.started_at if job.started_at is not None else job.placed_at
-        ran = now - since if since is not None and now > since else 0.0
-        attained = job.attained_gpu_s + (spec.resources.gpus or 1) * ran
-        return (-spec.priority, bisect.bisect_right(config.las_thresholds_gpu_s, attained))
+        attained = accounting.attained_gpu_s(job, now)
+        return (-job.spec.priority, bisect.bisect_right(config.las_thresholds_gpu_s, attained))
     if config.policy == "srtf":
-        return (-job.spec.priority, remaining_s(job, now))
+        return (-job.spec.priority, accounting.time_left_s(job, now))
     return (-job.spec.priority,)
+
+
+def _first_of_each(jobs: Mapping[int, Job], keys: Iterable[tuple]) -> Iterator[Job]:
+    """Jobs in key order, each once (a promoted las job comes first from the promoted queue)."""
+    seen: set[int] = set()
+    for key in keys:
+        jid = key[-1]
+        if jid not in seen:
+            seen.add(jid)
+            yield jobs[jid]
 
 
 class PendingIndex:
@@ -109,22 +107,35 @@ class PendingIndex:
         self.groups: dict[str, tuple[int, ...]] = {}  # each waiting user's groups (for shares)
         self._keys: dict[int, tuple] = {}
         #: how many waiting jobs ask for each request shape (gpus, whole, mem_mib, fraction)
-        self.shape_counts: dict[tuple, int] = {}
+        self.shape_counts: dict[Shape, int] = {}
+        self.shapes: dict[int, Shape] = {}  # each waiting job's request shape
         #: las: jobs below the first queue (they may be promoted when they starve)
         self.deep: dict[int, Job] = {}
+        self._load(jobs)
+
+    def _load(self, jobs: Iterable[Job]) -> None:
+        """Bulk load: append to each user's queue, then sort each queue once."""
         key = self._key
-        for j in {j.id: j for j in jobs}.values():  # bulk load: append, then sort each queue once
-            k = key(j)
-            self.jobs[j.id] = j
-            self._keys[j.id] = k
-            self.queues.setdefault(j.owner.user, []).append(k)
-            self.groups[j.owner.user] = j.owner.groups
-            if self.policy == "las" and k[1] > 0:
-                self.deep[j.id] = j
-            shape = _shape(j)
-            self.shape_counts[shape] = self.shape_counts.get(shape, 0) + 1
-        for q in self.queues.values():
+        las = self.policy == "las"
+        all_jobs, keys, queues, groups, shapes = self.jobs, self._keys, self.queues, self.groups, self.shapes
+        for j in jobs:
+            jid = j.id
+            if jid in all_jobs:
+                self.remove(jid)
+            k = keys[jid] = key(j)
+            all_jobs[jid] = j
+            owner = j.owner
+            q = queues.get(owner.user)
+            if q is None:
+                q = queues[owner.user] = []
+                groups[owner.user] = owner.groups
+            q.append(k)
+            if las and k[1] > 0:
+                self.deep[jid] = j
+            shapes[jid] = shape_of(j.spec.resources)
+        for q in queues.values():
             q.sort()
+        self.shape_counts = dict(Counter(shapes.values()))
 
     def matches(self, config: PolicyConfig) -> bool:
         return self.policy == config.policy and self.las_thresholds == config.las_thresholds_gpu_s
@@ -135,7 +146,7 @@ class PendingIndex:
         key = self._key(job)
         self.jobs[job.id] = job
         self._keys[job.id] = key
-        shape = _shape(job)
+        shape = self.shapes[job.id] = shape_of(job.spec.resources)
         self.shape_counts[shape] = self.shape_counts.get(shape, 0) + 1
         q = self.queues.setdefault(job.owner.user, [])
         self.groups[job.owner.user] = job.owner.groups
@@ -152,7 +163,7 @@ class PendingIndex:
             return None
         key = self._keys.pop(job_id)
         self.deep.pop(job_id, None)
-        shape = _shape(job)
+        shape = self.shapes.pop(job_id)
         self.shape_counts[shape] -= 1
         if not self.shape_counts[shape]:
             del self.shape_counts[shape]
@@ -170,52 +181,58 @@ class PendingIndex:
     def __iter__(self) -> Iterator[Job]:
         return iter(self.jobs.values())
 
-    def ordered(self, score_of_user: Mapping[str, float] | None, config: PolicyConfig,
-                now: float) -> Iterator[tuple[Job, float]]:
-        """Jobs in policy order, with each job's priority score (higher first within a tier).
+    def ordered(self, score_of_user: Mapping[str, float] | None, config: PolicyConfig, now: float,
+                complete: bool = False) -> Iterable[Job]:
+        """Jobs in policy order.
 
         ``score_of_user`` is each user's fair-share part (weight * factor) for default and
-        fairshare; None for the other policies.
+        fairshare; None for the other policies.  ``complete``: the caller will take every job
+        (the daemon explains each), so one sort of all keys beats a lazy k-way merge.
         """
         jobs = self.jobs
+        promoted = False
         if score_of_user is None:
-            queues: dict[Any, list[tuple]] = dict(self.queues)
-            promoted: set[int] = set()
-            if self.policy == "las" and self.deep and config.las_starve_factor > 0:
-                f = config.las_starve_factor
-                up = sorted((self._keys[j.id][0], 0) + self._keys[j.id][2:]
-                            for j in self.deep.values() if las_promoted(j, f, now))
-                if up:
-                    queues[_PROMOTED] = up
-                    promoted = {k[-1] for k in up}
-            heap = [(q[0], src, 0) for src, q in queues.items()]
-            heapq.heapify(heap)
-            while heap:
-                key, src, i = heap[0]
-                q = queues[src]
-                if i + 1 < len(q):
-                    heapq.heapreplace(heap, (q[i + 1], src, i + 1))
-                else:
-                    heapq.heappop(heap)
-                if promoted and src is not _PROMOTED and key[-1] in promoted:
-                    continue  # it comes (earlier) from the promoted queue
-                yield jobs[key[-1]], 0.0
-            return
+            queues, promoted = self._queues_with_promoted(config, now)
+            keys: Iterable[tuple] = sorted(k for q in queues.values() for k in q) if complete else \
+                heapq.merge(*queues.values())
+        else:
+            keys = self._fair_keys(score_of_user, config, now, complete)
+        if promoted:
+            return _first_of_each(jobs, keys)
+        if complete:
+            return [jobs[k[-1]] for k in keys]
+        return (jobs[k[-1]] for k in keys)
+
+    def _queues_with_promoted(self, config: PolicyConfig, now: float) -> tuple[dict[Any, list[tuple]], bool]:
+        """The per-user queues, plus (las with the starvation guard) a queue of starving jobs
+        back in the first LAS queue; and whether there is one."""
+        queues: dict[Any, list[tuple]] = dict(self.queues)
+        if self.policy == "las" and self.deep and config.las_starve_factor > 0:
+            f = config.las_starve_factor
+            up = sorted((self._keys[j.id][0], 0) + self._keys[j.id][2:]
+                        for j in self.deep.values() if las_promoted(j, f, now))
+            if up:
+                queues[_PROMOTED] = up
+                return queues, True
+        return queues, False
+
+    def _fair_keys(self, score_of_user: Mapping[str, float], config: PolicyConfig, now: float,
+                   complete: bool) -> Iterable[tuple]:
+        """default and fairshare: within a tier, ``score(user) + weight_age * age`` first."""
         w_age = config.weight_age
         max_age = config.max_age_s
 
-        def gkey(key: tuple, user: str) -> tuple:
-            age = min(max(now - key[1], 0.0) / max_age, 1.0)
-            score = score_of_user.get(user, 0.0) + w_age * age
-            return (key[0], -score, key[1], key[2])
+        def user_keys(user: str, q: list[tuple]) -> list[tuple] | Iterator[tuple]:
+            score = score_of_user.get(user, 0.0)
+            full = now - max_age  # submitted before this: the age part is full
+            keyed = ((tier, -(score + w_age * (1.0 if sub <= full else (now - sub) / max_age if sub < now else 0.0)),
+                      sub, jid) for tier, sub, jid in q)
+            return list(keyed) if complete else keyed
 
-        heap2 = [(gkey(q[0], user), user, 0) for user, q in self.queues.items()]
-        heapq.heapify(heap2)
-        while heap2:
-            gk, user, i = heap2[0]
-            q = self.queues[user]
-            if i + 1 < len(q):
-                heapq.heapreplace(heap2, (gkey(q[i + 1], user), user, i + 1))
-            else:
-                heapq.heappop(heap2)
-            yield jobs[gk[-1]], -gk[1]
+        if complete:
+            out: list[tuple] = []
+            for user, q in self.queues.items():
+                out += user_keys(user, q)
+            out.sort()
+            return out
+        return heapq.merge(*(user_keys(user, q) for user, q in self.queues.items()))

@@ -13,13 +13,43 @@ O(nodes + running jobs), not O(GPUs), which keeps the simulator fast on big clus
 from __future__ import annotations
 
 import math
-from typing import Iterable, Sequence
+from contextlib import contextmanager
+from typing import Callable, Iterable, Iterator, NamedTuple, Sequence
 
 from gpuq.gpus import GpuInfo, NodeSnapshot
 from gpuq.jobs.model import Job, Placement, Resources
 from gpuq.units import format_mib
 
 INF = math.inf
+
+
+class Shape(NamedTuple):
+    """What a request looks like to placement: two jobs of one shape fit in the same places."""
+
+    gpus: int
+    whole: bool
+    mem_mib: int | None
+    fraction: float | None
+
+
+_new_tuple = tuple.__new__
+
+
+def shape_of(res: Resources) -> Shape:
+    return _new_tuple(Shape, (res.gpus, res.whole_gpus, res.mem_mib, res.fraction))  # Shape(...), faster
+
+
+class Hold(NamedTuple):
+    """A GPU kept free for one waiting job.  ``until`` is when that job is expected to start
+    (its shadow time): a job that surely ends by then may still use the GPU.  ``until`` None:
+    the start time is unknown (or the GPU is being freed for it by preemption), so no one may."""
+
+    job_id: int
+    until: float | None
+
+    def admits(self, end_at: float) -> bool:
+        """May a job that ends at ``end_at`` use the held GPU meanwhile?"""
+        return self.until is not None and end_at <= self.until
 
 
 class _Template:
@@ -86,14 +116,14 @@ class Cluster:
     """All GPUs, with the reservations of running jobs applied."""
 
     def __init__(self, nodes: Sequence[NodeSnapshot], running: Iterable[Job], idle_mem_mib: int,
-                 now: float = 0.0, end_of=None) -> None:
+                 now: float = 0.0, end_of: Callable[[Job], float] | None = None) -> None:
         t = self.t = _template(nodes, idle_mem_mib)
         n = len(t.gpu)
         self.reserved = list(t.overuse)
         self.cpu_busy = [0] * len(t.names)  # CPU-only jobs running on each node
         self.holders = [0] * n
         self.busy_until = [0.0] * n  # when its last gpuq job is expected to end (inf: unknown)
-        self.shadow: list[float | None] = [None] * n  # held for the head job until then
+        self._holds: dict[int, Hold] = {}  # GPU number -> the waiting job it is kept for
         self.idle_count = list(t.base_idle_count)
         self.bounded_running = 0
         partial: set[int] = set()
@@ -167,8 +197,30 @@ class Cluster:
 
     def usable(self, i: int, end_at: float) -> bool:
         """A GPU held for the head job may take a job that surely ends before the head starts."""
-        sh = self.shadow[i]
-        return sh is None or (end_at <= sh < INF)
+        h = self._holds.get(i)
+        return h is None or h.admits(end_at)
+
+    # ---- holds: GPUs kept free for a waiting job ----
+    def hold(self, gpus: Iterable[int], job_id: int, until: float | None) -> None:
+        """Keep ``gpus`` for job ``job_id`` until ``until`` (None: until it starts)."""
+        h = Hold(job_id, until)
+        for i in gpus:
+            self._holds[i] = h
+
+    def held(self, i: int) -> Hold | None:
+        return self._holds.get(i)
+
+    def is_held(self, i: int) -> bool:
+        return i in self._holds
+
+    @contextmanager
+    def holds_lifted(self) -> Iterator[None]:
+        """Within the block no GPU is held (to ask "would it fit but for the holds?")."""
+        saved, self._holds = self._holds, {}
+        try:
+            yield
+        finally:
+            self._holds = saved
 
     def fits(self, i: int, res: Resources, end_at: float = INF) -> bool:
         if not self.usable(i, end_at):
@@ -307,10 +359,10 @@ class Cluster:
         if not t.gpu:
             return "no node with GPUs is up"
         if res.whole_gpus:
-            most = max(sum(1 for i in idxs if self.is_idle(i) and self.shadow[i] is None) for idxs in t.node_slots)
+            most = max(sum(1 for i in idxs if self.is_idle(i) and not self.is_held(i)) for idxs in t.node_slots)
             what = f"{res.gpus} GPU" + ("s" if res.gpus != 1 else "")
             if res.gpus > t.max_node_gpus:
-                free = sum(1 for i in range(len(t.gpu)) if self.is_idle(i) and self.shadow[i] is None)
+                free = sum(1 for i in range(len(t.gpu)) if self.is_idle(i) and not self.is_held(i))
                 return f"needs {what} across nodes; {free} free"
             return f"needs {what} on one node; at most {most} free"
         top = max(range(len(t.gpu)), key=self.free_mib)
@@ -355,6 +407,3 @@ def never_fits(res: Resources, nodes: Sequence[NodeSnapshot], gang: bool = False
     return (f"it asks for {format_mib(res.mem_mib)} per GPU on {res.gpus} GPU(s), "
             f"but the largest GPU has {format_mib(biggest)}")
 
-
-def shape_of(res: Resources) -> tuple:
-    return (res.gpus, res.whole_gpus, res.mem_mib, res.fraction)

@@ -3,30 +3,32 @@
 ``plan(pending, running, nodes, usage, config, now)`` touches no Redis, no NVML and
 no clock.  The daemon, the tests and the trace simulator (``gpuq sim``) all call it.
 
-One cycle: order the pending jobs (:mod:`ordering`, with :mod:`fairshare`), start each that
-is eligible and fits (:mod:`placement`, best fit), hold GPUs for the first one that does not
-fit and let later jobs backfill around it (:mod:`backfill`), then propose preemptions
-(:mod:`preemption`).  Every pending or held job that does not start gets a reason.
+One cycle (:class:`_Cycle`, one method per step): order the pending jobs (:mod:`ordering`, with
+:mod:`fairshare`); for each, in order, say why it may not start yet (held, dependencies, could
+never fit, user limit), else start it where it fits (:mod:`placement`, best fit), else block it:
+the first blocked job (the *head*) gets GPUs held for it and later jobs backfill around them
+(:mod:`backfill`).  Then propose preemptions (:mod:`preemption`).  Every pending or held job
+that does not start gets a reason.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
+from gpuq import accounting
 from gpuq.gpus import NodeSnapshot
 from gpuq.jobs.model import Job, JobState, Placement
-from gpuq.scheduler.backfill import hold_for_head
-from gpuq.scheduler.config import PolicyConfig, UserLimits, check_submit_limits
+from gpuq.scheduler.backfill import HeadHold, hold_for_head
+from gpuq.scheduler.config import PolicyConfig, UserLimits
+from gpuq.scheduler.dependencies import ArrayThrottle, dependency_reason
 from gpuq.scheduler.fairshare import ShareState, ongoing_usage, share_states, usage_values
-from gpuq.scheduler.ordering import PendingIndex, remaining_s
-from gpuq.scheduler.placement import Cluster, make_placement, never_fits, shape_of
+from gpuq.scheduler.ordering import PendingIndex
+from gpuq.scheduler.placement import Cluster, Shape, make_placement, never_fits
 from gpuq.scheduler.preemption import plan_preemptions
 from gpuq.units import format_duration
-
-__all__ = ["PolicyConfig", "UserLimits", "Start", "Preempt", "Plan", "plan", "PendingIndex",
-           "check_submit_limits", "dependency_reason", "fairshare_states"]
 
 INF = math.inf
 #: with preemption on, the first this many waiting jobs are considered for preemption
@@ -52,19 +54,16 @@ class Plan:
     reasons: Mapping[int, str] = field(default_factory=dict)
 
 
-def dependency_reason(job: Job, finished: Mapping[int, JobState]) -> str | None:
-    """None when every ``--after`` job completed; else why the job waits."""
-    for dep in job.spec.after:
-        state = finished.get(dep)
-        if state is JobState.COMPLETED:
-            continue
-        if state is not None and state.terminal:
-            return f"after job {dep}, which ended {state.value}: it will never start; cancel it"
-        return f"after job {dep}"
-    return None
+def waits_for_other_jobs(job: Job, finished: Mapping[int, JobState], throttle: ArrayThrottle) -> str | None:
+    """Dependencies (--after, --after-any, --after-notok) and array throttles (--array ...%N)."""
+    if job.spec.after or job.spec.after_any or job.spec.after_notok:
+        dep = dependency_reason(job, finished)
+        if dep is not None:
+            return dep
+    return throttle.reason(job)
 
 
-def fairshare_states(pending: Sequence[Job] | PendingIndex, running: Sequence[Job],
+def fairshare_states(pending: Iterable[Job] | PendingIndex, running: Sequence[Job],
                      usage: Mapping[str, Any], config: PolicyConfig, now: float) -> dict[str, ShareState]:
     """Each active user's share, decayed usage (runs in progress included) and factor."""
     values = usage_values(usage, now, config.half_life_s)
@@ -79,16 +78,6 @@ def fairshare_states(pending: Sequence[Job] | PendingIndex, running: Sequence[Jo
     for j in running:
         active.setdefault(j.owner.user, j.owner.groups)
     return share_states(active, values, config.share_for)
-
-
-_AHEAD = {
-    "fifo": ("earlier job", "earlier jobs"),
-    "sjf": ("shorter job", "shorter jobs"),
-    "srtf": ("job with less time left", "jobs with less time left"),
-    "las": ("job that has had less GPU time", "jobs that have had less GPU time"),
-    "default": ("job of a user with less usage (or an older job)", "jobs of users with less usage (or older jobs)"),
-    "fairshare": ("job of a user with less usage (or an older job)", "jobs of users with less usage (or older jobs)"),
-}
 
 
 def plan(
@@ -110,151 +99,314 @@ def plan(
     their terminal states (for ``--after``).  With ``explain=False`` (the simulator) no reasons
     are written and the scan stops as soon as nothing more could start.
     """
-    finished = finished or {}
-    index = pending if isinstance(pending, PendingIndex) and pending.matches(config) else PendingIndex(config, pending)
-    cluster = Cluster(nodes, running, config.idle_mem_mib, now,
-                      end_of=lambda j: now + max(0.0, remaining_s(j, now)))
-    states: dict[str, ShareState] = {}
-    score_of_user = None
-    if config.uses_fairshare:
-        states = fairshare_states(index, running, usage, config, now)
-        score_of_user = {u: config.weight_fairshare * s.factor for u, s in states.items()}
-    user_gpus: dict[str, int] = {}
-    if config.default_limits.max_gpus is not None or config.user_limits:
-        for j in running:
-            user_gpus[j.owner.user] = user_gpus.get(j.owner.user, 0) + j.spec.resources.gpus
-    limits_cache: dict[str, UserLimits] = {}
-    user_cpu: dict[str, int] = {}  # CPU-only jobs running per user
-    for j in running:
-        if j.spec.resources.gpus == 0:
-            user_cpu[j.owner.user] = user_cpu.get(j.owner.user, 0) + 1
+    cycle = _Cycle(pending, running, nodes, usage, config, now, finished or {}, explain)
+    cycle.place_in_order()
+    return cycle.result()
 
-    starts: list[Start] = []
-    reasons: dict[int, str] = {}
-    blocked: list[Job] = []
-    head: Job | None = None
-    shadow: float | None = None
-    backfill = config.backfill_on
-    failed = _Failures(cluster.max_node_gpus)  # request shapes that did not fit this cycle
-    never: dict[tuple, str | None] = {}
-    held_cache: dict[tuple, bool] = {}  # (shape, may use held GPUs) -> blocked only by the hold
-    waiting_ahead = 0
-    want_preempt = config.preemption_on
-    present_shapes = None if explain else _shapes(index)
-    phrase = _AHEAD[config.policy]
 
-    for job, _score in index.ordered(score_of_user, config, now):
-        if not explain and not (want_preempt and len(blocked) < PREEMPT_CANDIDATES):
-            if (head is not None and not backfill) or not cluster.could_fit_anything() or \
-                    failed.covers_all(present_shapes, never, shadow):
+class _Cycle:
+    """The state of one plan() call; each method is one step."""
+
+    def __init__(self, pending, running: Sequence[Job], nodes: Sequence[NodeSnapshot], usage: Mapping[str, Any],
+                 config: PolicyConfig, now: float, finished: Mapping[int, JobState], explain: bool) -> None:
+        self.config = config
+        self.now = now
+        self.explain = explain
+        self.nodes = nodes
+        self.running = running
+        self.finished = finished
+        self.usage = usage
+        self.index = pending if isinstance(pending, PendingIndex) and pending.matches(config) \
+            else PendingIndex(config, pending)
+        self.cluster = Cluster(nodes, running, config.idle_mem_mib, now,
+                               end_of=lambda j: accounting.expected_end(j, now))
+        self.states: dict[str, ShareState] = \
+            fairshare_states(self.index, running, usage, config, now) if config.uses_fairshare else {}
+        self.limits = _UserLimits(config, running)
+        self.throttle = ArrayThrottle(running)
+        self.starts: list[Start] = []
+        self.reasons: dict[int, str] = {}
+        self.blocked: list[Job] = []  # the first PREEMPT_CANDIDATES that could not start
+        self.head: Job | None = None
+        self.head_hold: HeadHold | None = None
+        self.failed = _Failures(self.cluster.max_node_gpus)
+        self.never: dict[Shape, str | None] = {}
+        self.held_only: dict[tuple[Shape, bool], bool] = {}  # blocked only by the head's hold?
+        self.waiting_ahead = 0
+        self.phrase = _AHEAD[config.policy]
+        self._saturation_mark: tuple[int, int] = (-1, -1)
+        self._saturation = False
+
+    # ---- the steps ----
+    def place_in_order(self) -> None:
+        """Phase 1: try each job in order until nothing more can start.  Phase 2 (the daemon):
+        explain why each remaining job waits, which needs no more placement."""
+        order = iter(self._in_order())
+        present = {s for s, n in self.index.shape_counts.items() if n > 0}
+        for job in order:
+            self._consider(job)
+            if self._saturated(present) and \
+                    not (not self.explain and self.config.preemption_on and len(self.blocked) < PREEMPT_CANDIDATES):
                 break
-        if job.state is JobState.HELD:
-            reasons[job.id] = "held"
-            continue
-        if job.spec.after:
-            dep = dependency_reason(job, finished)
-            if dep is not None:
-                reasons[job.id] = dep
+        if self.explain:
+            self._explain_waiting(order)
+            self._explain_the_rest()
+
+    def _consider(self, job: Job) -> None:
+        shape = self.index.shapes[job.id]
+        why = self._not_eligible(job, shape)
+        if why is not None:
+            self.reasons[job.id] = why
+        elif self.head is not None and not self.config.backfill_on:
+            self._wait_behind_head(job)
+        elif not self._try_start(job, shape):
+            self.waiting_ahead += 1
+
+    def _saturated(self, present: set[Shape]) -> bool:
+        """Nothing more can start this cycle: every kind of request still waiting already failed.
+        (Re-checked only when a start or a new failure changed the answer.)"""
+        mark = (len(self.starts), len(self.failed.exact))
+        if mark == self._saturation_mark:
+            return self._saturation
+        self._saturation_mark = mark
+        if self.head is not None and not self.config.backfill_on:
+            self._saturation = True
+        elif not self.cluster.could_fit_anything() and self.head is not None:
+            self._saturation = True
+        else:
+            self._saturation = self.failed.covers_all(present, self.never, self._held_usable(),
+                                                      cpu_later=self.explain)
+        return self._saturation
+
+    def _explain_waiting(self, rest: Iterable[Job]) -> None:
+        """Phase 2: nothing more fits, so each remaining job gets its reason from the failures
+        already seen (CPU-only jobs still start).  One tight loop: it runs for most of the queue."""
+        reasons, shapes, blocked = self.reasons, self.index.shapes, self.blocked
+        known: dict[tuple[Shape, bool], tuple[str, bool]] = {}
+        hold = self.head_hold
+        start_at = hold.start_at if hold is not None and hold.start_at is not None else None
+        behind_head = self.head is not None and not self.config.backfill_on
+        now = self.now
+        for job in rest:
+            shape = shapes[job.id]
+            why = self._not_eligible(job, shape)
+            if why is not None:
+                reasons[job.id] = why
                 continue
-        res = job.spec.resources
-        shape = shape_of(res)
-        if shape not in never:
-            never[shape] = never_fits(res, nodes, config.gang)
-        if never[shape] is not None:
-            reasons[job.id] = f"cannot run here: {never[shape]}"
-            continue
-        user = job.owner.user
-        lim = limits_cache.get(user)
-        if lim is None:
-            lim = limits_cache[user] = config.limits_for(user)
-        used = user_gpus.get(user, 0)
-        if lim.max_gpus is not None and used + res.gpus > lim.max_gpus:
-            reasons[job.id] = f"user limit: you have {used}/{lim.max_gpus} GPUs in use"
-            continue
-        if head is not None and not backfill:
-            blocked.append(job)
-            if explain:
-                reasons[job.id] = f"priority: {_n_ahead(waiting_ahead, phrase)}; job {head.id} goes first"
-            waiting_ahead += 1
-            continue
-        if res.gpus == 0:
-            why_cpu = _cpu_only_start(job, lim, cluster, user_cpu, starts)
-            if why_cpu is not None:
-                reasons[job.id] = why_cpu
-            continue
-        tl = job.spec.time_limit_s
-        end_at = now + max(remaining_s(job), 0.0) if tl is not None else INF
-        may_use_held = shadow is not None and end_at <= shadow < INF
-        fkey = (shape, may_use_held)
-        why = failed.get(shape, may_use_held)
+            if behind_head:
+                self._wait_behind_head(job)
+                continue
+            if shape.gpus == 0:
+                self._start_cpu_only(job)
+                continue
+            may = start_at is not None and job.spec.time_limit_s is not None and \
+                now + max(accounting.time_left_s(job, now), 0.0) <= start_at
+            got = known.get((shape, may))
+            if got is None:
+                got = known[(shape, may)] = self._waiting_reason(job, shape, may)
+            prefix, held_only = got
+            n = self.waiting_ahead
+            if held_only:
+                reasons[job.id] = prefix.format(ahead=_n_ahead(n, self.phrase))
+            else:
+                reasons[job.id] = prefix + (f"; {_n_ahead(n, self.phrase)}" if n else "")
+            self.waiting_ahead = n + 1
+            if len(blocked) < PREEMPT_CANDIDATES:
+                blocked.append(job)
+
+    def _waiting_reason(self, job: Job, shape: Shape, may_use_held: bool) -> tuple[str, bool]:
+        """(reason without the jobs ahead, blocked only by the head's hold?) for a request."""
+        why = self.failed.get(shape, may_use_held)
         if why is None:
+            why = self.cluster.why_not(job.spec.resources)
+            self.failed.add(shape, may_use_held, why)
+        if self.head is not None and self._held_only(job, shape, may_use_held):
+            return (f"priority: {{ahead}}; the free GPUs are held for job {self.head.id}"
+                    + self._expected().replace("{", "{{").replace("}", "}}"), True)
+        return why, False
+
+    def _in_order(self) -> Iterator[Job]:
+        cfg = self.config
+        scores = {u: cfg.weight_fairshare * s.factor for u, s in self.states.items()} if cfg.uses_fairshare else None
+        return self.index.ordered(scores, cfg, self.now, complete=self.explain)
+
+    def _not_eligible(self, job: Job, shape: Shape) -> str | None:
+        """Why the job may not start whatever the GPUs: held, dependencies, never fits, limit."""
+        if job.state is JobState.HELD:
+            return "held"
+        wait = waits_for_other_jobs(job, self.finished, self.throttle)
+        if wait is not None:
+            return wait
+        never = self.never.get(shape, "")
+        if never == "":
+            never = self.never[shape] = never_fits(job.spec.resources, self.nodes, self.config.gang)
+        if never is not None:
+            return f"cannot run here: {never}"
+        return self.limits.reason(job)
+
+    def _wait_behind_head(self, job: Job) -> None:
+        """fifo without backfill: everyone after the head waits for it."""
+        self._note_blocked(job)
+        if self.explain:
+            assert self.head is not None
+            self.reasons[job.id] = f"priority: {_n_ahead(self.waiting_ahead, self.phrase)}; job {self.head.id} goes first"
+        self.waiting_ahead += 1
+
+    def _try_start(self, job: Job, shape: Shape) -> bool:
+        """Start the job if it fits (True); else block it, with a reason."""
+        res = job.spec.resources
+        if res.gpus == 0:
+            return self._start_cpu_only(job)
+        end_at = self.now + max(accounting.time_left_s(job, self.now), 0.0)
+        may_use_held = self._held_usable() and end_at <= self.head_hold.start_at  # type: ignore[union-attr]
+        why = self.failed.get(shape, may_use_held)
+        if why is None:
+            cluster = self.cluster
             if res.gpus > cluster.max_node_gpus:
                 choice = cluster.fit_gang(res, end_at)
             else:
-                choice = cluster.fit(res, end_at, config.packing)
+                choice = cluster.fit(res, end_at, self.config.packing)
             if choice is not None:
-                node, chosen = choice
-                placement = make_placement(cluster, res, node, chosen)
+                placement = make_placement(cluster, res, choice[0], choice[1])
                 cluster.reserve(placement, end_at)
-                starts.append(Start(job.id, placement))
-                user_gpus[user] = used + res.gpus
-                continue
-            why = cluster.why_not(res) if explain else "-"
-            failed.add(shape, may_use_held, why)
-        blocked.append(job)
-        if head is None:
-            head = job
-            if backfill:
-                held = hold_for_head(cluster, res, now, config.gang)
-                if held is not None:
-                    shadow = held[1]
-            if explain:
-                reasons[job.id] = why + (_expected(shadow, now) if shadow is not None else "")
-        elif explain:
-            held_for = held_cache.get(fkey)
-            if held_for is None:
-                held_for = held_cache[fkey] = _fits_ignoring_hold(cluster, res)
-            if held_for:
-                reasons[job.id] = (f"priority: {_n_ahead(waiting_ahead, phrase)}; the free GPUs are held "
-                                   f"for job {head.id}" + _expected(shadow, now))
-            else:
-                reasons[job.id] = why + (f"; {_n_ahead(waiting_ahead, phrase)}" if waiting_ahead else "")
-        waiting_ahead += 1
+                self.starts.append(Start(job.id, placement))
+                self.limits.started(job)
+                self.throttle.started(job)
+                return True
+            why = cluster.why_not(res) if self.explain else "-"
+            self.failed.add(shape, may_use_held, why)
+        self._note_blocked(job)
+        if self.head is None:
+            self._make_head(job, why)
+        elif self.explain:
+            self.reasons[job.id] = self._blocked_reason(job, shape, may_use_held, why)
+        return False
 
-    if explain:
-        started = {s.job_id for s in starts}
-        for job in index:
-            if job.id not in reasons and job.id not in started:
-                reasons[job.id] = "waiting for the next scheduling cycle"
-    preempts = plan_preemptions(blocked, running, cluster, states or _states_for_preempt(
-        index, running, usage, config, now), config, now) if want_preempt and blocked else []
-    return Plan(starts=tuple(starts), preempts=tuple(Preempt(i, r) for i, r in preempts), reasons=reasons)
+    def _start_cpu_only(self, job: Job) -> bool:
+        """Start a CPU-only job in a free CPU slot (a node resource, like a GPU); or say why it
+        waits.  Without a per-user limit a user may hold half of the cluster's slots (at least one)."""
+        why = self.limits.cpu_reason(job, self.cluster)
+        node = self.cluster.fit_cpu() if why is None else None
+        if node is None:
+            self.reasons[job.id] = why or self.cluster.why_not_cpu()
+            return False
+        self.cluster.take_cpu(node)
+        self.limits.started(job)
+        self.throttle.started(job)
+        self.starts.append(Start(job.id, Placement(node=node)))
+        return True
+
+    def _note_blocked(self, job: Job) -> None:
+        if len(self.blocked) < PREEMPT_CANDIDATES:
+            self.blocked.append(job)
+
+    def _make_head(self, job: Job, why: str) -> None:
+        """The first job that does not fit: hold GPUs for it (backfill)."""
+        self.head = job
+        if self.config.backfill_on:
+            self.head_hold = hold_for_head(self.cluster, job.id, job.spec.resources, self.now, self.config.gang)
+        if self.explain:
+            self.reasons[job.id] = why + self._expected()
+
+    def _held_only(self, job: Job, shape: Shape, may_use_held: bool) -> bool:
+        """Would the job fit but for the GPUs held for the head?"""
+        key = (shape, may_use_held)
+        held_only = self.held_only.get(key)
+        if held_only is None:
+            with self.cluster.holds_lifted():
+                held_only = self.held_only[key] = self.cluster.fit(job.spec.resources) is not None
+        return held_only
+
+    def _blocked_reason(self, job: Job, shape: Shape, may_use_held: bool, why: str) -> str:
+        ahead = _n_ahead(self.waiting_ahead, self.phrase)
+        if self._held_only(job, shape, may_use_held):
+            assert self.head is not None
+            return f"priority: {ahead}; the free GPUs are held for job {self.head.id}" + self._expected()
+        return why + (f"; {ahead}" if self.waiting_ahead else "")
+
+    def _explain_the_rest(self) -> None:
+        started = {s.job_id for s in self.starts}
+        for job in self.index:
+            if job.id not in self.reasons and job.id not in started:
+                self.reasons[job.id] = "waiting for the next scheduling cycle"
+
+    def result(self) -> Plan:
+        preempts: list[tuple[int, str]] = []
+        if self.config.preemption_on and self.blocked:
+            states = self.states
+            if not states and self.config.policy not in ("las", "srtf"):
+                states = fairshare_states(self.index, self.running, self.usage, self.config, self.now)
+            preempts = plan_preemptions(self.blocked, self.running, self.cluster, states, self.config, self.now)
+        return Plan(starts=tuple(self.starts), preempts=tuple(Preempt(i, r) for i, r in preempts),
+                    reasons=self.reasons)
+
+    # ---- helpers ----
+    def _held_usable(self) -> bool:
+        """Is there a hold with a known shadow time (so short jobs may use its GPUs)?"""
+        return self.head_hold is not None and self.head_hold.start_at is not None
+
+    def _expected(self) -> str:
+        if self.head_hold is None or self.head_hold.start_at is None:
+            return ""
+        return f" (expected to start in {format_duration(self.head_hold.start_at - self.now)})"
 
 
-def _cpu_only_start(job: Job, lim: UserLimits, cluster: Cluster, user_cpu: dict[str, int],
-                    starts: list[Start]) -> str | None:
-    """Start a CPU-only job in a free CPU slot (a node resource, like a GPU); or why it waits.
-    Without a per-user limit a user may hold half of the cluster's slots (at least one)."""
-    user = job.owner.user
-    total = cluster.cpu_slots_total()
-    limit = lim.max_cpu_jobs if lim.max_cpu_jobs is not None else (
-        None if total == INF else max(1, int(total) // 2))
-    have = user_cpu.get(user, 0)
-    if limit is not None and have >= limit:
-        return f"user limit: you have {have}/{limit} CPU-only jobs running"
-    node = cluster.fit_cpu()
-    if node is None:
-        return cluster.why_not_cpu()
-    cluster.take_cpu(node)
-    user_cpu[user] = have + 1
-    starts.append(Start(job.id, Placement(node=node)))
-    return None
+class _UserLimits:
+    """Per-user ``max_gpus`` (GPUs in use) and ``max_cpu_jobs`` (CPU-only jobs running), counted
+    as plan() starts more jobs."""
+
+    def __init__(self, config: PolicyConfig, running: Iterable[Job]) -> None:
+        self.config = config
+        self.on = config.default_limits.max_gpus is not None or bool(config.user_limits)
+        self.gpus: dict[str, int] = {}
+        self.cpu_jobs: dict[str, int] = {}
+        self.cache: dict[str, UserLimits] = {}
+        for j in running:
+            self.started(j)
+
+    def _limits(self, user: str) -> UserLimits:
+        lim = self.cache.get(user)
+        if lim is None:
+            lim = self.cache[user] = self.config.limits_for(user)
+        return lim
+
+    def reason(self, job: Job) -> str | None:
+        """Why the job would take its user past ``max_gpus`` (None: it would not)."""
+        if not self.on:
+            return None
+        lim = self._limits(job.owner.user)
+        used = self.gpus.get(job.owner.user, 0)
+        if lim.max_gpus is not None and used + job.spec.resources.gpus > lim.max_gpus:
+            return f"user limit: you have {used}/{lim.max_gpus} GPUs in use"
+        return None
+
+    def cpu_reason(self, job: Job, cluster: Cluster) -> str | None:
+        """Why a CPU-only job would take its user past ``max_cpu_jobs`` (default: half the slots)."""
+        lim = self._limits(job.owner.user).max_cpu_jobs
+        if lim is None:
+            total = cluster.cpu_slots_total()
+            lim = None if total == INF else max(1, int(total) // 2)
+        have = self.cpu_jobs.get(job.owner.user, 0)
+        if lim is not None and have >= lim:
+            return f"user limit: you have {have}/{lim} CPU-only jobs running"
+        return None
+
+    def started(self, job: Job) -> None:
+        user, gpus = job.owner.user, job.spec.resources.gpus
+        if gpus == 0:
+            self.cpu_jobs[user] = self.cpu_jobs.get(user, 0) + 1
+        else:
+            self.gpus[user] = self.gpus.get(user, 0) + gpus
 
 
-def _states_for_preempt(index, running, usage, config, now) -> dict[str, ShareState]:
-    if config.policy in ("las", "srtf"):
-        return {}
-    return fairshare_states(index, running, usage, config, now)
+_AHEAD = {
+    "fifo": ("earlier job", "earlier jobs"),
+    "sjf": ("shorter job", "shorter jobs"),
+    "srtf": ("job with less time left", "jobs with less time left"),
+    "las": ("job that has had less GPU time", "jobs that have had less GPU time"),
+    "default": ("job of a user with less usage (or an older job)", "jobs of users with less usage (or older jobs)"),
+    "fairshare": ("job of a user with less usage (or an older job)", "jobs of users with less usage (or older jobs)"),
+}
 
 
 def _n_ahead(n: int, phrase: tuple[str, str]) -> str:
@@ -263,69 +415,48 @@ def _n_ahead(n: int, phrase: tuple[str, str]) -> str:
     return f"{n} {phrase[1]} are ahead"
 
 
-def _expected(shadow: float | None, now: float) -> str:
-    if shadow is None or shadow == INF:
-        return ""
-    return f" (expected to start in {format_duration(shadow - now)})"
-
-
-def _fits_ignoring_hold(cluster: Cluster, res) -> bool:
-    saved = list(cluster.shadow)
-    cluster.shadow[:] = [None] * len(saved)
-    try:
-        return cluster.fit(res) is not None
-    finally:
-        cluster.shadow[:] = saved
-
-
-def _shapes(index: PendingIndex) -> set[tuple]:
-    counts = getattr(index, "shape_counts", None)
-    if counts is not None:
-        return {s for s, n in counts.items() if n > 0}
-    return {shape_of(j.spec.resources) for j in index}
-
-
 class _Failures:
     """Request shapes that failed to fit this cycle.  Free GPUs only shrink during a cycle, so a
     failure stays true; and a whole-GPU request of g GPUs that failed means every whole-GPU
-    request of at least g GPUs fails too (on one node, or across nodes for gang jobs)."""
+    request of at least g GPUs fails too (on one node, or across nodes for gang jobs).
+    ``held``: whether the request could use GPUs held for the head job."""
 
     def __init__(self, max_node_gpus: int) -> None:
         self.max_node = max_node_gpus
-        self.exact: dict[tuple, str] = {}  # (shape, may use held GPUs) -> why
+        self.exact: dict[tuple[Shape, bool], str] = {}  # (shape, may use held GPUs) -> why
         self.whole: dict[tuple[bool, bool], tuple[int, str]] = {}  # (gang?, may use held) -> (least g, why)
 
-    def add(self, shape: tuple, held: bool, why: str) -> None:
+    def add(self, shape: Shape, held: bool, why: str) -> None:
         self.exact[(shape, held)] = why
-        g, whole = shape[0], shape[1]
-        if whole:
-            k = (g > self.max_node, held)
-            if k not in self.whole or g < self.whole[k][0]:
-                self.whole[k] = (g, why)
+        if shape.whole:
+            k = (shape.gpus > self.max_node, held)
+            if k not in self.whole or shape.gpus < self.whole[k][0]:
+                self.whole[k] = (shape.gpus, why)
 
-    def get(self, shape: tuple, held: bool) -> str | None:
+    def get(self, shape: Shape, held: bool) -> str | None:
         """Why a request of this shape cannot fit (None: try it).  A failure of a request that
         could use held GPUs also holds for one that cannot, not the other way round."""
-        classes = (True,) if held else (True, False)
-        for h in classes:
-            why = self.exact.get((shape, h))
-            if why is not None:
-                return why
-        if shape[1]:
-            gang = shape[0] > self.max_node
-            for h in classes:
-                got = self.whole.get((gang, h))
-                if got is not None and shape[0] >= got[0]:
-                    return got[1] if got[0] == shape[0] else _wider(got[1], shape[0])
+        exact = self.exact
+        why = exact.get((shape, True))
+        if why is None and not held:
+            why = exact.get((shape, False))
+        if why is not None or not shape.whole:
+            return why
+        gang = shape.gpus > self.max_node
+        for h in ((True,) if held else (True, False)):
+            got = self.whole.get((gang, h))
+            if got is not None and shape.gpus >= got[0]:
+                return got[1] if got[0] == shape.gpus else _wider(got[1], shape.gpus)
         return None
 
-    def covers_all(self, shapes: set[tuple] | None, never: Mapping[tuple, str | None], shadow: float | None) -> bool:
-        """True when every kind of request still waiting has already failed to fit this cycle."""
+    def covers_all(self, shapes: set[Shape], never: Mapping[Shape, str | None], held_usable: bool,
+                   cpu_later: bool = False) -> bool:
+        """True when every kind of request still waiting has already failed to fit this cycle
+        (``cpu_later``: CPU-only requests are placed later anyway)."""
         if not shapes or not self.exact:
             return False
-        held_usable = shadow is not None and shadow < INF
         for s in shapes:
-            if never.get(s) or self.get(s, True) is not None:
+            if (cpu_later and s.gpus == 0) or never.get(s) or self.get(s, True) is not None:
                 continue
             if not held_usable and self.get(s, False) is not None:
                 continue
@@ -333,8 +464,10 @@ class _Failures:
         return True
 
 
+_NEEDS_GPUS = re.compile(r"^needs \d+ GPUs?")
+
+
 def _wider(why: str, gpus: int) -> str:
     """Reuse the reason of a narrower whole-GPU request for a wider one."""
-    import re
+    return _NEEDS_GPUS.sub(f"needs {gpus} GPUs", why)
 
-    return re.sub(r"^needs \d+ GPUs?", f"needs {gpus} GPUs", why)

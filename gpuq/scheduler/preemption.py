@@ -19,13 +19,13 @@ from __future__ import annotations
 import math
 from typing import Mapping, Sequence
 
+from gpuq import accounting
 from gpuq.jobs.model import Job
 from gpuq.scheduler.config import PolicyConfig
 from gpuq.scheduler.fairshare import ShareState
 from gpuq.scheduler.ordering import effective_key, running_key
 from gpuq.scheduler.placement import Cluster
 
-INF = math.inf
 
 
 def plan_preemptions(
@@ -57,11 +57,9 @@ def plan_preemptions(
     pool = []
     for j in running:
         if j.spec.checkpointable and j.stop_request is None and j.placement is not None:
-            since = j.started_at if j.started_at is not None else j.placed_at
-            if since is None or since > latest_start:
+            if j.started_at is None or j.started_at > latest_start:
                 continue
-            if las and -j.spec.priority == best_wait[0] and \
-                    j.attained_gpu_s + (j.spec.resources.gpus or 1) * (now - since) < bar:
+            if las and -j.spec.priority == best_wait[0] and accounting.attained_gpu_s(j, now) < bar:
                 continue  # in the same or a better queue than every waiting job
             pool.append(j)
     if not pool:
@@ -85,8 +83,7 @@ def plan_preemptions(
         room = cluster.fit(res) if res.gpus <= cluster.max_node_gpus else None
         if room is not None:
             # it will fit once the stopping jobs are gone: keep that room for it
-            for i in room[1]:
-                cluster.shadow[i] = -INF
+            cluster.hold(room[1], waiting.id, None)
             continue
         if rank_policy:
             wkey = skey(waiting)[:2]
@@ -117,8 +114,7 @@ def plan_preemptions(
         # hold the freed GPUs for the waiting job, so this cycle's what-ifs do not reuse them
         fit = cluster.fit(res)
         if fit is not None:
-            for i in fit[1]:
-                cluster.shadow[i] = -INF
+            cluster.hold(fit[1], waiting.id, None)
     return out[: max(config.max_preempts_per_cycle, 0)]
 
 

@@ -14,11 +14,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
+from gpuq import accounting
 from gpuq.errors import InvalidInput
 from gpuq.gpus import GpuInfo, NodeSnapshot
 from gpuq.jobs.model import Job, JobSpec, JobState, Owner, Resources
 from gpuq.scheduler.config import POLICIES, PolicyConfig
-from gpuq.scheduler.fairshare import add_run_usage, job_gpu_equiv
+from gpuq.scheduler.fairshare import add_run_usage
 from gpuq.scheduler.ordering import PendingIndex
 from gpuq.scheduler.policy import plan
 from gpuq.scheduler.traces import TraceJob
@@ -113,6 +114,9 @@ class JobRecord:
     first_start_s: float | None = None
     end_s: float | None = None
     preemptions: int = 0
+    #: the job's accounting when it ended (gpuq.accounting, as the daemon records it)
+    total_run_s: float = 0.0
+    attained_gpu_s: float = 0.0
 
 
 @dataclass
@@ -130,6 +134,8 @@ class SimResult:
     samples: list[tuple[float, dict[str, float], dict[str, float]]]  # (t, alloc per user, demand per user)
     busy_gpu_s: float
     shares: Mapping[str, float]
+    #: each user's fair-share usage record at the end, as the daemon keeps it
+    usage: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
 
 
 def time_limit_factor(mode: str, policy: str) -> float | None:
@@ -168,145 +174,184 @@ def _job_for(tj: TraceJob, time_limits: float | None, checkpointable: bool, excl
 
 def simulate(trace: Sequence[TraceJob], sim: SimConfig) -> SimResult:
     """Replay ``trace`` on the simulated cluster under ``sim.policy``."""
-    wall0 = time.perf_counter()
-    config = policy_config_for(sim.policy, **{"gang": sim.gang, **dict(sim.overrides)})
-    nodes = build_nodes(sim.layout)
-    total_gpus = sum(len(n.gpus) for n in nodes)
-    max_node = max(len(n.gpus) for n in nodes)
-    exact = time_limit_factor(sim.time_limits, sim.policy)
-    ckpt = config.preemption_on
-    shared_jobs = any(tj.fraction is not None or tj.mem_mib is not None for tj in trace)
+    return _Replay(trace, sim).run()
 
-    index = PendingIndex(config)
-    running: dict[int, Job] = {}
-    run_info: dict[int, tuple[float, float, int]] = {}  # id -> (started, overhead, run number)
-    work_left: dict[int, float] = {}
-    usage: dict[str, dict[str, float]] = {}
-    records: dict[int, JobRecord] = {}
-    dropped: list[tuple[int, int, str]] = []
-    trace_by_id: dict[int, TraceJob] = {}
-    events: list[tuple[float, int, int, int]] = []
-    for tj in trace:
-        if tj.gpus > (total_gpus if sim.gang else max_node):
-            why = (f"wider than the cluster ({total_gpus} GPUs)" if sim.gang
-                   else f"wider than the largest node ({max_node} GPUs)")
-            dropped.append((tj.id, tj.gpus, why))
-            continue
-        trace_by_id[tj.id] = tj
-        heapq.heappush(events, (tj.submit_s, _ARRIVE, tj.id, 0))
-    user_alloc: dict[str, float] = {}
-    user_demand: dict[str, float] = {}
-    demand_of: dict[int, float] = {}
-    busy = 0.0
-    busy_gpu_s = 0.0
-    last_t = trace[0].submit_s if trace else 0.0
-    preemptions = plan_calls = 0
-    tick_pending = False
-    series_t: list[float] = []
-    series_q: list[int] = []
-    series_b: list[float] = []
-    samples: list[tuple[float, dict[str, float], dict[str, float]]] = []
-    next_sample = last_t
-    runs = 0
 
-    def stop_run(job: Job, t: float) -> float:
-        nonlocal busy
-        started, _, _ = run_info.pop(job.id)
-        del running[job.id]
-        g = job_gpu_equiv(job)
-        busy -= g
-        u = job.owner.user
-        user_alloc[u] -= g
-        usage[u] = add_run_usage(usage.get(u), g, started, t, config.half_life_s)
-        return started
+class _Replay:
+    """One replay: the virtual clock, the queue, the running jobs and what is measured.
+    Each method is one step of the event loop."""
 
-    while events:
-        t = events[0][0]
-        busy_gpu_s += busy * (t - last_t)
-        while next_sample <= t and sim.sample_s > 0:
-            samples.append((next_sample, {u: v for u, v in user_alloc.items() if v > 0},
-                            {u: v for u, v in user_demand.items() if v > 0}))
-            next_sample += sim.sample_s
-        last_t = t
-        changed = False
-        arrived = False
-        tick = False
+    def __init__(self, trace: Sequence[TraceJob], sim: SimConfig) -> None:
+        self.wall0 = time.perf_counter()
+        self.sim = sim
+        self.config = policy_config_for(sim.policy, **{"gang": sim.gang, **dict(sim.overrides)})
+        self.nodes = build_nodes(sim.layout)
+        self.total_gpus = sum(len(n.gpus) for n in self.nodes)
+        self.time_limits = time_limit_factor(sim.time_limits, sim.policy)
+        self.shared_jobs = any(tj.fraction is not None or tj.mem_mib is not None for tj in trace)
+        self.index = PendingIndex(self.config)
+        self.running: dict[int, Job] = {}
+        self.run_no: dict[int, int] = {}  # id -> the number of its current run (stale finish events)
+        self.overhead: dict[int, float] = {}  # id -> restart cost paid by its current run
+        self.work_left: dict[int, float] = {}
+        self.usage: dict[str, dict[str, float]] = {}
+        self.records: dict[int, JobRecord] = {}
+        self.trace_by_id: dict[int, TraceJob] = {}
+        self.events: list[tuple[float, int, int, int]] = []
+        self.user_alloc: dict[str, float] = {}
+        self.user_demand: dict[str, float] = {}
+        self.demand_of: dict[int, float] = {}
+        self.busy = 0.0
+        self.busy_gpu_s = 0.0
+        self.last_t = trace[0].submit_s if trace else 0.0
+        self.next_sample = self.last_t
+        self.preemptions = self.plan_calls = self.runs = 0
+        self.tick_pending = False
+        self.series_t: list[float] = []
+        self.series_q: list[int] = []
+        self.series_b: list[float] = []
+        self.samples: list[tuple[float, dict[str, float], dict[str, float]]] = []
+        self.dropped = self._admit(trace)
+
+    def _admit(self, trace: Sequence[TraceJob]) -> list[tuple[int, int, str]]:
+        """Queue every job's arrival; drop (and count) those wider than the cluster can take."""
+        max_node = max(len(n.gpus) for n in self.nodes)
+        widest = self.total_gpus if self.sim.gang else max_node
+        dropped = []
+        for tj in trace:
+            if tj.gpus > widest:
+                why = (f"wider than the cluster ({self.total_gpus} GPUs)" if self.sim.gang
+                       else f"wider than the largest node ({max_node} GPUs)")
+                dropped.append((tj.id, tj.gpus, why))
+                continue
+            self.trace_by_id[tj.id] = tj
+            heapq.heappush(self.events, (tj.submit_s, _ARRIVE, tj.id, 0))
+        return dropped
+
+    def run(self) -> SimResult:
+        while self.events:
+            t = self.events[0][0]
+            self._advance_clock(t)
+            changed, arrived, tick = self._take_events(t)
+            room = self.shared_jobs or self.busy < self.total_gpus - 1e-9
+            if (changed and len(self.index)) or (arrived and (room or self.config.preemption_on)) or tick:
+                self._schedule(t)
+            if self.config.preemption_on and len(self.index) and not self.tick_pending and self.sim.tick_s > 0:
+                heapq.heappush(self.events, (t + self.sim.tick_s, _TICK, 0, 0))
+                self.tick_pending = True
+            self.series_t.append(t)
+            self.series_q.append(len(self.index))
+            self.series_b.append(self.busy)
+            if not self.running and not self.index and all(e[1] == _TICK for e in self.events):
+                break
+        return self._result()
+
+    def _advance_clock(self, t: float) -> None:
+        self.busy_gpu_s += self.busy * (t - self.last_t)
+        while self.next_sample <= t and self.sim.sample_s > 0:
+            self.samples.append((self.next_sample, {u: v for u, v in self.user_alloc.items() if v > 0},
+                                 {u: v for u, v in self.user_demand.items() if v > 0}))
+            self.next_sample += self.sim.sample_s
+        self.last_t = t
+
+    def _take_events(self, t: float) -> tuple[bool, bool, bool]:
+        """Apply every event at time ``t``: (a job ended, a job arrived, a tick)."""
+        changed = arrived = tick = False
+        events = self.events
         while events and events[0][0] == t:
             _, kind, jid, run_no = heapq.heappop(events)
             if kind == _FINISH:
-                info = run_info.get(jid)
-                if info is None or info[2] != run_no:
-                    continue  # a run that was preempted
-                job = running[jid]
-                stop_run(job, t)
-                records[jid].end_s = t
-                user_demand[job.owner.user] -= demand_of.pop(jid)
-                changed = True
+                if self.run_no.get(jid) == run_no:  # else: a run that was preempted
+                    self._finish(jid, t)
+                    changed = True
             elif kind == _ARRIVE:
-                tj = trace_by_id[jid]
-                job = _job_for(tj, exact, ckpt, sim.exclusive)
-                index.add(job)
-                records[jid] = JobRecord(jid, tj.user, tj.tenant or tj.user, tj.gpus, tj.submit_s, tj.duration_s)
-                work_left[jid] = tj.duration_s
-                res = job.spec.resources
-                # GPUs this job wants, counted as its usage will be (a shared GPU by its share)
-                dem = demand_of[jid] = float(res.gpus) if res.whole_gpus else res.gpus * min(
-                    1.0, res.request_mib(sim.layout[0][2]) / sim.layout[0][2])
-                user_demand[tj.user] = user_demand.get(tj.user, 0.0) + dem
-                user_alloc.setdefault(tj.user, 0.0)
+                self._arrive(self.trace_by_id[jid])
                 arrived = True
             else:
-                tick_pending = False
+                self.tick_pending = False
                 tick = True
-        room = shared_jobs or busy < total_gpus - 1e-9
-        if (changed and len(index)) or (arrived and (room or config.preemption_on)) or tick:
-            for _round in range(4):
-                p = plan(index, list(running.values()), nodes, usage, config, t, explain=False)
-                plan_calls += 1
-                for s in p.starts:
-                    job = index.remove(s.job_id)
-                    if job is None:
-                        continue
-                    job = job.transition(JobState.RUNNING, placement=s.placement, placed_at=t, started_at=t)
-                    running[job.id] = job
-                    overhead = sim.preempt_cost_s if job.requeues else 0.0
-                    runs += 1
-                    run_info[job.id] = (t, overhead, runs)
-                    heapq.heappush(events, (t + overhead + work_left[job.id], _FINISH, job.id, runs))
-                    g = job_gpu_equiv(job)
-                    busy += g
-                    user_alloc[job.owner.user] = user_alloc.get(job.owner.user, 0.0) + g
-                    rec = records[job.id]
-                    if rec.first_start_s is None:
-                        rec.first_start_s = t
-                for pr in p.preempts:
-                    job = running.get(pr.job_id)
-                    if job is None:
-                        continue
-                    _, overhead, _ = run_info[job.id]
-                    started = stop_run(job, t)
-                    ran = t - started
-                    work_left[job.id] -= max(0.0, ran - overhead)
-                    requeued = job.transition(JobState.PENDING, requeues=job.requeues + 1,
-                                              attained_gpu_s=job.attained_gpu_s + job.spec.resources.gpus * ran,
-                                              last_run_s=ran, end_reason="preempted")
-                    index.add(requeued)
-                    records[job.id].preemptions += 1
-                    preemptions += 1
-                if not p.preempts:
-                    break
-        if config.preemption_on and len(index) and not tick_pending and sim.tick_s > 0:
-            heapq.heappush(events, (t + sim.tick_s, _TICK, 0, 0))
-            tick_pending = True
-        series_t.append(t)
-        series_q.append(len(index))
-        series_b.append(busy)
-        if not running and not index and all(e[1] == _TICK for e in events):
-            break
-    shares = {u: config.share_for(u) for u in {r.user for r in records.values()}}
-    return SimResult(
-        policy=sim.policy, total_gpus=total_gpus, records=list(records.values()), dropped=dropped,
-        preemptions=preemptions, plan_calls=plan_calls, wall_s=time.perf_counter() - wall0,
-        series_t=series_t, series_queue=series_q, series_busy=series_b, samples=samples,
-        busy_gpu_s=busy_gpu_s, shares=shares,
-    )
+        return changed, arrived, tick
+
+    def _arrive(self, tj: TraceJob) -> None:
+        job = _job_for(tj, self.time_limits, self.config.preemption_on, self.sim.exclusive)
+        self.index.add(job)
+        self.records[tj.id] = JobRecord(tj.id, tj.user, tj.tenant or tj.user, tj.gpus, tj.submit_s, tj.duration_s)
+        self.work_left[tj.id] = tj.duration_s
+        res = job.spec.resources
+        mem = self.sim.layout[0][2]
+        # GPUs this job wants, counted as its usage will be (a shared GPU by its share)
+        dem = self.demand_of[tj.id] = float(res.gpus) if res.whole_gpus else res.gpus * min(
+            1.0, res.request_mib(mem) / mem)
+        self.user_demand[tj.user] = self.user_demand.get(tj.user, 0.0) + dem
+        self.user_alloc.setdefault(tj.user, 0.0)
+
+    def _finish(self, jid: int, t: float) -> None:
+        job = self._stop_run(self.running[jid], t)
+        rec = self.records[jid]
+        rec.end_s = t
+        rec.total_run_s, rec.attained_gpu_s = job.total_run_s, job.attained_gpu_s
+        self.user_demand[job.owner.user] -= self.demand_of.pop(jid)
+
+    def _stop_run(self, job: Job, t: float) -> Job:
+        """End the job's run at ``t``: free its GPUs, record its usage and accounting."""
+        assert job.started_at is not None
+        del self.running[job.id]
+        del self.run_no[job.id]
+        g = accounting.gpu_share(job)
+        self.busy -= g
+        u = job.owner.user
+        self.user_alloc[u] -= g
+        self.usage[u] = add_run_usage(self.usage.get(u), g, job.started_at, t, self.config.half_life_s)
+        return job.with_changes(**accounting.end_of_run(job, t - job.started_at))
+
+    def _schedule(self, t: float) -> None:
+        """Call plan() and apply it; again while it preempts (freed GPUs may start jobs at once)."""
+        for _round in range(4):
+            p = plan(self.index, list(self.running.values()), self.nodes, self.usage, self.config, t, explain=False)
+            self.plan_calls += 1
+            for s in p.starts:
+                self._start(s.job_id, s.placement, t)
+            for pr in p.preempts:
+                self._preempt(pr.job_id, t)
+            if not p.preempts:
+                break
+
+    def _start(self, job_id: int, placement, t: float) -> None:
+        job = self.index.remove(job_id)
+        if job is None:
+            return
+        job = job.transition(JobState.RUNNING, placement=placement, placed_at=t, started_at=t)
+        self.running[job.id] = job
+        overhead = self.overhead[job.id] = self.sim.preempt_cost_s if job.requeues else 0.0
+        self.runs += 1
+        self.run_no[job.id] = self.runs
+        heapq.heappush(self.events, (t + overhead + self.work_left[job.id], _FINISH, job.id, self.runs))
+        g = accounting.gpu_share(job)
+        self.busy += g
+        self.user_alloc[job.owner.user] = self.user_alloc.get(job.owner.user, 0.0) + g
+        rec = self.records[job.id]
+        if rec.first_start_s is None:
+            rec.first_start_s = t
+
+    def _preempt(self, job_id: int, t: float) -> None:
+        job = self.running.get(job_id)
+        if job is None:
+            return
+        assert job.started_at is not None
+        ran = t - job.started_at
+        self.work_left[job.id] -= max(0.0, ran - self.overhead.pop(job.id))
+        stopped = self._stop_run(job, t)
+        self.index.add(stopped.transition(JobState.PENDING, requeues=job.requeues + 1, end_reason="preempted"))
+        self.records[job.id].preemptions += 1
+        self.preemptions += 1
+
+    def _result(self) -> SimResult:
+        records = self.records
+        shares = {u: self.config.share_for(u) for u in {r.user for r in records.values()}}
+        return SimResult(
+            policy=self.sim.policy, total_gpus=self.total_gpus, records=list(records.values()),
+            dropped=self.dropped, preemptions=self.preemptions, plan_calls=self.plan_calls,
+            wall_s=time.perf_counter() - self.wall0, series_t=self.series_t, series_queue=self.series_q,
+            series_busy=self.series_b, samples=self.samples, busy_gpu_s=self.busy_gpu_s, shares=shares,
+            usage=self.usage,
+        )

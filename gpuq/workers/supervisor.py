@@ -31,7 +31,7 @@ import traceback
 from pathlib import Path
 from typing import Callable
 
-from gpuq import keys
+from gpuq import accounting, keys
 from gpuq.errors import GpuqError, JobNotFound, RecordSetAside, StoreUnavailable
 from gpuq.jobs.model import REQUEUE_EXIT_CODE, Job, JobState, Progress, StopKind
 from gpuq.safefile import read_small
@@ -305,7 +305,6 @@ class Supervisor:
         next_poll = 0.0
         next_beat = 0.0
         next_progress = started + PROGRESS_POLL_S
-        limit = job.spec.time_limit_s
         sel = selectors.DefaultSelector()
         pidfd = os.pidfd_open(proc.pid)
         sel.register(pidfd, selectors.EVENT_READ, "exit")
@@ -340,7 +339,7 @@ class Supervisor:
                             log.note("this run is no longer the job's current run")
                         elif current is not None and current.stop_request is not None:
                             stop_kind, stop_by = current.stop_request.kind, current.stop_request.by
-                        elif limit is not None and now - started > limit:
+                        elif accounting.out_of_time(job, now):  # the limit counts every run of the job
                             timed_out = True
                         if stop_kind is not None or timed_out:
                             why = "time limit reached" if timed_out else f"{stop_kind.value} requested"
@@ -422,10 +421,7 @@ class Supervisor:
     def _finish(self, job: Job, rc: int | None, stop_kind: StopKind | None, timed_out: bool, run_s: float,
                 stop_by: str = "") -> str:
         now = self.clock()
-        from gpuq.scheduler import fairshare
-
-        gpu_equiv = fairshare.job_gpu_equiv(job) if job.placement and job.placement.gpu_uuids else 0.0
-        gpu_s = run_s * gpu_equiv  # attained service (for LAS); fair-share usage decays over the run
+        gpu_share = accounting.gpu_share(job)  # one accounting: gpuq/accounting.py
         signal_note = f" (killed by signal {-rc})" if rc is not None and rc < 0 else ""
 
         if rc == 0:
@@ -444,15 +440,15 @@ class Supervisor:
         def change(j: Job) -> Job | None:
             if not same_run(j, job):
                 return None  # reconciled or re-placed meanwhile: never overwrite a newer run
-            common = dict(attained_gpu_s=j.attained_gpu_s + gpu_s, last_run_s=run_s, end_reason=reason)
+            common = dict(accounting.end_of_run(j, run_s), end_reason=reason)
             if to is JobState.PENDING:
                 return j.transition(to, requeues=j.requeues + 1, **common)
             return j.transition(to, ended_at=now, exit_code=rc, **common)
 
         done = self.store.update(job.id, change, now, event=f"{to.value}: {reason}", wake=False,
                                  also=lambda pipe, _j: pipe.delete(keys.job_heartbeat(job.id)))
-        if done is not None and gpu_s > 0:
-            self._add_usage(job.owner.user, gpu_equiv, now - run_s, now)
+        if done is not None and gpu_share > 0 and run_s > 0:
+            self._add_usage(job.owner.user, gpu_share, now - run_s, now)
         self.store.wake("job ended")  # one wake, after usage is recorded
         return f"{to.value}: {reason}"
 

@@ -7,7 +7,8 @@ import dataclasses
 from gpuq.gpus import GpuInfo, NodeSnapshot
 from gpuq.jobs.model import Job, JobSpec, JobState, Owner, Placement, Resources
 from gpuq.scheduler.config import UserLimits
-from gpuq.scheduler.policy import PolicyConfig, plan
+from gpuq.scheduler.config import PolicyConfig
+from gpuq.scheduler.policy import plan
 
 GIB = 1024
 

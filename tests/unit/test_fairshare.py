@@ -8,7 +8,8 @@ from gpuq.cli.usage_render import render_usage
 from gpuq.gpus import GpuInfo, NodeSnapshot
 from gpuq.jobs.model import Job, JobSpec, JobState, Owner, Placement, Resources
 from gpuq.scheduler.config import PolicyConfig, UserLimits
-from gpuq.scheduler.fairshare import (add_run_usage, add_usage, decayed_usage, job_gpu_equiv, run_usage_gpu_s,
+from gpuq.accounting import gpu_share
+from gpuq.scheduler.fairshare import (add_run_usage, add_usage, decayed_usage, run_usage_gpu_s,
                                       usage_report)
 
 DAY = 86400.0
@@ -47,13 +48,13 @@ def _job(i, user, state=JobState.PENDING, sub=0.0, res=None):
     return Job(i, JobSpec(("x",), "/", resources=res or Resources(gpus=1)), Owner(1, 1, user), state, sub)
 
 
-def test_job_gpu_equiv_counts_memory_shares():
+def test_gpu_share_counts_memory_shares():
     n = _node()
     j = _job(1, "a", res=Resources(gpus=1, mem_mib=4096))
     r = j.transition(JobState.RUNNING, placed_at=0.0, started_at=0.0,
                      placement=Placement("n", ("g0",), (0,), (4096,), (4096,), (16384,)))
-    assert job_gpu_equiv(r) == 0.25
-    assert job_gpu_equiv(_job(2, "a", res=Resources(gpus=2))) == 2.0
+    assert gpu_share(r) == 0.25
+    assert gpu_share(_job(2, "a", res=Resources(gpus=2))) == 2.0
     assert n.gpus[0].mem_total_mib == 16384
 
 

@@ -8,8 +8,10 @@ from gpuq.errors import ConfigError, PermissionDenied
 from gpuq.gpus import GpuInfo, NodeSnapshot
 from gpuq.jobs.model import Job, JobSpec, JobState, Owner, Placement, Resources, StopKind, StopRequest
 from gpuq.scheduler.config import UserLimits
-from gpuq.scheduler.fairshare import check_submit_limits
-from gpuq.scheduler.policy import PendingIndex, PolicyConfig, plan
+from gpuq.scheduler.config import check_submit_limits
+from gpuq.scheduler.config import PolicyConfig
+from gpuq.scheduler.ordering import PendingIndex
+from gpuq.scheduler.policy import plan
 
 GIB = 1024
 
@@ -20,9 +22,10 @@ def node(name: str, n: int = 4, mem_mib: int = 16 * GIB, used=None) -> NodeSnaps
                                     for i in range(n)), 0.0, simulated=True)
 
 
-def job(i, user="alice", gpus=1, sub=0.0, state=JobState.PENDING, res=None, attained_gpu_s=0.0, **spec) -> Job:
+def job(i, user="alice", gpus=1, sub=0.0, state=JobState.PENDING, res=None, attained_gpu_s=0.0, total_run_s=0.0,
+        **spec) -> Job:
     return Job(i, JobSpec(("python", "train.py"), "/", resources=res or Resources(gpus=gpus), **spec),
-               Owner(1000, 1000, user), state, sub, attained_gpu_s=attained_gpu_s)
+               Owner(1000, 1000, user), state, sub, attained_gpu_s=attained_gpu_s, total_run_s=total_run_s)
 
 
 def running(j: Job, nodes, gpu_idx, started_at=0.0, node_i=0) -> Job:
@@ -184,7 +187,7 @@ def test_las_orders_by_attained_service():
 def test_sjf_and_srtf_order_by_time_left():
     nodes = [node("a", 1)]
     pend = [job(1, sub=0.0, time_limit_s=9000.0), job(2, sub=5.0, time_limit_s=100.0),
-            job(3, sub=6.0, time_limit_s=9000.0, attained_gpu_s=8950.0)]
+            job(3, sub=6.0, time_limit_s=9000.0, attained_gpu_s=8950.0, total_run_s=8950.0)]
     assert [s.job_id for s in plan(pend, [], nodes, {}, PolicyConfig(policy="sjf"), 10.0).starts] == [2]
     assert [s.job_id for s in plan(pend, [], nodes, {}, PolicyConfig(policy="srtf"), 10.0).starts] == [3]
 
@@ -241,7 +244,7 @@ def test_config_from_mapping():
 
 def test_las_starvation_guard_promotes_a_long_waiting_job():
     nodes = [node("a", 1)]
-    old = job(1, sub=0.0, attained_gpu_s=40000.0)  # ran 40,000 s, then waited 60,000 s
+    old = job(1, sub=0.0, attained_gpu_s=40000.0, total_run_s=40000.0)  # ran 40,000 s, then waited 60,000 s
     new = job(2, sub=99000.0)
     off = plan([old, new], [], nodes, {}, PolicyConfig(policy="las"), 100000.0)
     assert [s.job_id for s in off.starts] == [2]
@@ -249,3 +252,29 @@ def test_las_starvation_guard_promotes_a_long_waiting_job():
     assert [s.job_id for s in on.starts] == [1]
     idx = PendingIndex(PolicyConfig(policy="las", las_starve_factor=1.0), [old, new])
     assert plan(idx, [], nodes, {}, PolicyConfig(policy="las", las_starve_factor=1.0), 100000.0) == on
+
+
+def test_after_any_after_notok_and_array_throttle():
+    from gpuq.jobs.model import ArrayMember, JobSpec
+    from gpuq.scheduler.dependencies import dependency_never
+
+    nodes = [node("a", 4)]
+
+    def dep_job(i, **kw):
+        j = job(i, gpus=1)
+        return j.with_changes(spec=JobSpec(argv=j.spec.argv, cwd="/", resources=j.spec.resources, **kw))
+
+    any_ = dep_job(2, after_any=(12,))
+    notok = dep_job(3, after_notok=(12,))
+    p = plan([any_, notok], [], nodes, {}, PolicyConfig(), 0.0, finished={})
+    assert p.reasons == {2: "after-any job 12", 3: "after-notok job 12"}
+    p = plan([any_, notok], [], nodes, {}, PolicyConfig(), 0.0, finished={12: JobState.CANCELLED})
+    assert sorted(s.job_id for s in p.starts) == [2, 3]
+    assert "never start" in plan([notok], [], nodes, {}, PolicyConfig(), 0.0, finished={12: JobState.COMPLETED}).reasons[3]
+    assert dependency_never(notok, {12: JobState.COMPLETED}) is not None
+    assert dependency_never(any_, {12: JobState.FAILED}) is None
+
+    members = [dep_job(10 + i, array=ArrayMember(array_id=10, index=i, size=4, limit=2)) for i in range(4)]
+    p = plan(members, [], nodes, {}, PolicyConfig(), 0.0)
+    assert [s.job_id for s in p.starts] == [10, 11]
+    assert "at most 2 at once" in p.reasons[12] and "at most 2 at once" in p.reasons[13]

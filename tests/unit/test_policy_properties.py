@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 from gpuq.gpus import GpuInfo, NodeSnapshot
 from gpuq.jobs.model import Job, JobSpec, JobState, Owner, Placement, Resources
 from gpuq.scheduler.config import UserLimits
-from gpuq.scheduler.policy import PolicyConfig, plan
+from gpuq.scheduler.config import PolicyConfig
+from gpuq.scheduler.policy import plan
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 USERS = ("ann", "ben", "cat")
