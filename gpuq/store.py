@@ -14,7 +14,9 @@ from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import redis
+from redis.backoff import NoBackoff
 from redis.client import Pipeline
+from redis.retry import Retry
 
 from gpuq import keys
 from gpuq.errors import JobNotFound, RecordSetAside, StoreUnavailable, SubmitLimitExceeded
@@ -51,7 +53,11 @@ def redacted(url: str) -> str:
 def connect(url: str) -> redis.Redis:
     """A client for ``redis://``, ``rediss://`` or ``unix://`` URLs (no I/O until first use)."""
     try:
-        return redis.Redis.from_url(url, socket_timeout=30, socket_connect_timeout=5, health_check_interval=30)
+        # one immediate retry (a pooled connection to a restarted server reconnects), no back-off:
+        # redis-py 8's default (3 retries, exponential back-off) stalls every call ~4 s while the
+        # server is down; gpuq's callers retry at their own pace (supervisors, the agent's ticks)
+        return redis.Redis.from_url(url, socket_timeout=30, socket_connect_timeout=5, health_check_interval=30,
+                                    retry=Retry(NoBackoff(), 1))
     except ValueError as e:
         raise StoreUnavailable(f"Redis URL {redacted(url)!r} is not valid ({e}): use redis://HOST:PORT/DB or unix:///path/to/redis.sock.") from e
 
