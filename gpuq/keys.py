@@ -26,6 +26,14 @@ def job_events(job_id: int) -> str:
     return f"{PREFIX}job:{job_id}:events"
 
 
+def job_heartbeat(job_id: int) -> str:
+    """Written by a running job's supervisor every few seconds, with a TTL: {pid, node, token, at}."""
+    return f"{PREFIX}job:{job_id}:heartbeat"
+
+
+OVERUSE = PREFIX + "overuse"  # hash job id -> JSON {since, used_mib, reserved_mib, gpu}: GPU memory over-use
+
+
 def user_queued(uid: int) -> str:
     """Set of ids of one user's pending and held jobs (the per-user pending limit counts it)."""
     return f"{PREFIX}user:{uid}:queued"
