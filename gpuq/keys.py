@@ -22,6 +22,11 @@ def job(job_id: int) -> str:
     return f"{PREFIX}job:{job_id}"
 
 
+def job_env(job_id: int) -> str:
+    """A job's environment (JSON), apart from its record: lists of jobs never read it."""
+    return f"{PREFIX}job:{job_id}:env"
+
+
 def job_events(job_id: int) -> str:
     return f"{PREFIX}job:{job_id}:events"
 
