@@ -375,7 +375,9 @@ class Harness:
                 time.sleep(1.0)  # a supervisor may be recording its job's end this moment
                 if _alive(spid) and (self.jobs([job_id]) or [{}])[0].get("state") != "running":
                     self._fail(f"orphan: supervisor {spid} of job {job_id}, which is not running")
-        cg = Path("/sys/fs/cgroup/freezer/gpuq") / self.node
+        from gpuq.workers.cgroup import scope_name
+
+        cg = Path("/sys/fs/cgroup/freezer/gpuq") / scope_name(self.node, self.home)
         if cg.exists():
             for d in cg.iterdir():
                 if d.name.startswith("job-") and d.name[4:].isdigit():

@@ -554,6 +554,18 @@ class Store:
             return {}
         return d if isinstance(d, dict) else {}
 
+    def overuse_warnings(self) -> dict[int, str]:
+        """Running jobs that use more GPU memory than they reserved (written by the node agents)."""
+        with _wrap("reading GPU memory over-use"):
+            raw = self.r.hgetall(keys.OVERUSE)
+        out = {}
+        for k, v in raw.items():
+            try:
+                out[int(k)] = str(json.loads(v)["warning"])
+            except (ValueError, KeyError, TypeError):
+                continue  # a half-written or foreign entry: nothing to show
+        return out
+
     def reasons(self) -> dict[int, str]:
         with _wrap("reading pending reasons"):
             raw = self.r.hgetall(keys.REASONS)

@@ -14,7 +14,9 @@ Two named implementations and a fallback, chosen once per daemon (``cgroups`` in
   (a process that calls ``setsid`` escapes).  The daemon says so once in its log and in
   ``gpuq status``.
 
-A job's cgroup is ``<hierarchy>/gpuq/<node>/job-<id>`` (several nodes may share a machine in tests); the job's process joins it before it drops to
+A job's cgroup is ``<hierarchy>/gpuq/<scope>/job-<id>``, where the scope names the node and its
+state directory (:func:`scope_name`): several daemons may share a machine (tests, personal queues)
+and must never touch each other's jobs; the job's process joins it before it drops to
 its user (``join_files`` are written from the child between fork and exec).
 """
 
@@ -60,6 +62,13 @@ class Containment(Protocol):
     def remove(self, job_id: int) -> None: ...
 
     def jobs(self) -> list[int]: ...
+
+
+def scope_name(node: str, home: Path) -> str:
+    """This daemon's directory under ``<hierarchy>/gpuq``: its node and a digest of its state dir."""
+    import hashlib
+
+    return f"{node}-{hashlib.sha256(str(home).encode()).hexdigest()[:8]}"
 
 
 def _write(path: Path | str, value: str) -> None:
