@@ -30,6 +30,7 @@ from gpuq.paths import Paths
 from gpuq.safefile import read_small
 from gpuq.store import Store
 from gpuq.workers.env import build_job_env
+from gpuq.workers.notify import notify_job_end
 
 POLL_S = 0.02
 STOP_POLL_S = 0.25
@@ -359,7 +360,7 @@ class Supervisor:
                 return j.transition(to, requeues=j.requeues + 1, **common)
             return j.transition(to, ended_at=now, exit_code=rc, **common)
 
-        self.store.update(job.id, change, now, event=f"{to.value}: {reason}", wake=False)
+        notify_job_end(self.store.update(job.id, change, now, event=f"{to.value}: {reason}", wake=False))
         if gpu_share > 0 and run_s > 0:
             self._add_usage(job.owner.user, gpu_share, now - run_s, now)
         self.store.wake("job ended")  # one wake, after usage is recorded
