@@ -84,18 +84,19 @@ def main(argv: list[str] | None = None) -> int:
         global_step = v1.train.get_or_create_global_step()
 
         y = inference(x, None, w1, b1, w2, b2)
-        ema = v1.train.ExponentialMovingAverage(MOVING_AVERAGE_DECAY, global_step)
-        ema_op = ema.apply(v1.trainable_variables())
-        average_y = inference(x, ema, w1, b1, w2, b2)
-
         cross_entropy = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y_, logits=y))
         regularization = REGULARIZATION_RATE * (tf.nn.l2_loss(w1) + tf.nn.l2_loss(w2))  # l2_regularizer(rate)
         loss = cross_entropy + regularization
         learning_rate = v1.train.exponential_decay(LEARNING_RATE_BASE, global_step, batches.steps_per_epoch,
                                                    LEARNING_RATE_DECAY, staircase=True)
         train_step = v1.train.GradientDescentOptimizer(learning_rate).minimize(loss, global_step=global_step)
+        # The classic script grouped the gradient step and the EMA update with no order between them,
+        # so the EMA read the weights (and the global step) before or after the update, by chance.
+        # Here the EMA update runs after the step: the same result on every run, and after a resume.
+        ema = v1.train.ExponentialMovingAverage(MOVING_AVERAGE_DECAY, global_step)
         with tf.control_dependencies([train_step]):
-            train_op = tf.group(ema_op, name="train")
+            train_op = ema.apply(v1.trainable_variables())
+        average_y = inference(x, ema, w1, b1, w2, b2)
         accuracy = tf.reduce_mean(tf.cast(tf.equal(tf.argmax(average_y, 1), y_), tf.float32))
 
         def feed(step: int) -> dict:

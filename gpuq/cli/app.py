@@ -272,6 +272,8 @@ def daemon(
                                                "else $GPUQ_HOME/config.toml)."),
     node: Optional[str] = typer.Option(None, "--node", help="this node's name (default: host name)."),
     grace: Optional[str] = typer.Option(None, "--grace", help="SIGTERM -> SIGKILL grace for stopping jobs (30s)."),
+    drain: bool = typer.Option(False, "--drain", help="on SIGTERM stop this node's jobs (back to the queue) "
+                               "instead of leaving them running for the next daemon to adopt."),
     personal: bool = typer.Option(False, "--personal",
                                   help="run your own queue in ~/.local/state/gpuq (not the machine's shared one)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="log debug messages."),
@@ -288,7 +290,8 @@ def daemon(
                            "`sudo bash scripts/install.sh`); to run a queue of your own, give --personal.")
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    overrides: dict[str, Any] = {"simulate_gpus": simulate_gpus, "redis_url": redis_url, "node": node}
+    overrides: dict[str, Any] = {"simulate_gpus": simulate_gpus, "redis_url": redis_url, "node": node,
+                                 "drain": True if drain else None}
     if grace is not None:
         overrides["grace_s"] = 0.0 if grace.strip() in ("0", "0s") else parse_duration_s(grace, what="--grace")
     cfg = load_config(config_file=config, overrides=overrides)

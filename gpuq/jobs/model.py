@@ -325,7 +325,7 @@ class BadRecord(ValueError):
 
 
 def _obj(v: Any, what: str) -> Mapping[str, Any]:
-    if not isinstance(v, Mapping):
+    if not isinstance(v, dict):  # a record is parsed JSON: objects are dicts
         raise BadRecord(f"{what} is not an object")
     return v
 
@@ -391,6 +391,8 @@ def _job_from_dict(d: Mapping[str, Any]) -> Job:
     pr = d.get("progress")
     ar = s.get("array")
     env = _obj(s.get("env", {}), "spec.env")
+    if not all(type(k) is str and type(v) is str for k, v in env.items()):
+        raise BadRecord("spec.env does not map names to text")
     return Job(
         id=_int(d["id"], "id"),
         state=JobState(d["state"]),
@@ -401,7 +403,7 @@ def _job_from_dict(d: Mapping[str, Any]) -> Job:
         spec=JobSpec(
             argv=_strs(s.get("argv", ()), "spec.argv"),
             cwd=_str(s.get("cwd", "/"), "spec.cwd"),
-            env={_str(k, "spec.env"): _str(v, "spec.env") for k, v in env.items()},
+            env=dict(env),
             name=_str(s.get("name", ""), "spec.name"),
             priority=_int(s.get("priority", 0), "spec.priority"),
             after=tuple(_int(a, "spec.after") for a in s.get("after", ())),

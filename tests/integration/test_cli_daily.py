@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,13 @@ rec["end"] = time.time()
 with open(f"out-{idx}.json", "w") as f:
     json.dump(rec, f)
 """
+
+
+@pytest.fixture
+def daemon(make_daemon):
+    """conftest's daemon, with a node name of its own: job cgroups are named by node and job id, and a
+    test daemon elsewhere on this machine with the same node name reconciles (kills) what it finds."""
+    return make_daemon("--simulate-gpus", "2x24GiB", "--grace", "2s", "--node", f"cli-{uuid.uuid4().hex[:8]}")
 
 
 def _one_error(r, *needles: str) -> None:
@@ -164,7 +172,8 @@ def test_a_config_option_keeps_impossible_dependents(make_daemon, open_tmp):
     base = open_tmp / "keep"
     (base / "home").mkdir(parents=True)
     (base / "home" / "config.toml").write_text("[daemon]\nkeep_impossible_dependents = true\n")
-    d = make_daemon("--simulate-gpus", "1x8GiB", "--grace", "1s", home=base / "home")
+    d = make_daemon("--simulate-gpus", "1x8GiB", "--grace", "1s", "--node", f"cli-{uuid.uuid4().hex[:8]}",
+                    home=base / "home")
     ok = d.submit("--gpus", "0", "--", "true", cwd=open_tmp)
     dep = d.submit("--gpus", "0", "--after-notok", str(ok), "--", "true", cwd=open_tmp)
     d.wait_state(ok, "completed")
