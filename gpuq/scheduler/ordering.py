@@ -111,6 +111,7 @@ class PendingIndex:
         self.shapes: dict[int, Shape] = {}  # each waiting job's request shape
         #: las: jobs below the first queue (they may be promoted when they starve)
         self.deep: dict[int, Job] = {}
+        self._unsorted = False  # queues are sorted (bulk loads sort them lazily)
         self._load(jobs)
 
     def _load(self, jobs: Iterable[Job]) -> None:
@@ -133,14 +134,20 @@ class PendingIndex:
             if las and k[1] > 0:
                 self.deep[jid] = j
             shapes[jid] = shape_of(j.spec.resources)
-        for q in queues.values():
-            q.sort()
+        self._unsorted = True  # sorted when first needed: a complete ordering sorts all keys anyway
         self.shape_counts = dict(Counter(shapes.values()))
 
     def matches(self, config: PolicyConfig) -> bool:
         return self.policy == config.policy and self.las_thresholds == config.las_thresholds_gpu_s
 
+    def _sort_queues(self) -> None:
+        if self._unsorted:
+            for q in self.queues.values():
+                q.sort()
+            self._unsorted = False
+
     def add(self, job: Job) -> None:
+        self._sort_queues()
         if job.id in self.jobs:
             self.remove(job.id)
         key = self._key(job)
@@ -158,6 +165,7 @@ class PendingIndex:
             bisect.insort(q, key)
 
     def remove(self, job_id: int) -> Job | None:
+        self._sort_queues()
         job = self.jobs.pop(job_id, None)
         if job is None:
             return None
@@ -191,6 +199,8 @@ class PendingIndex:
         """
         jobs = self.jobs
         promoted = False
+        if not complete:
+            self._sort_queues()
         if score_of_user is None:
             queues, promoted = self._queues_with_promoted(config, now)
             keys: Iterable[tuple] = sorted(k for q in queues.values() for k in q) if complete else \
@@ -225,9 +235,11 @@ class PendingIndex:
         def user_keys(user: str, q: list[tuple]) -> list[tuple] | Iterator[tuple]:
             score = score_of_user.get(user, 0.0)
             full = now - max_age  # submitted before this: the age part is full
-            keyed = ((tier, -(score + w_age * (1.0 if sub <= full else (now - sub) / max_age if sub < now else 0.0)),
-                      sub, jid) for tier, sub, jid in q)
-            return list(keyed) if complete else keyed
+            if complete:
+                return [(tier, -(score + w_age * (1.0 if sub <= full else (now - sub) / max_age if sub < now else 0.0)),
+                         sub, jid) for tier, sub, jid in q]
+            return ((tier, -(score + w_age * (1.0 if sub <= full else (now - sub) / max_age if sub < now else 0.0)),
+                     sub, jid) for tier, sub, jid in q)
 
         if complete:
             out: list[tuple] = []
