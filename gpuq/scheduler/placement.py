@@ -207,6 +207,10 @@ class Cluster:
         for i in gpus:
             self._holds[i] = h
 
+    def release_holds(self) -> None:
+        """Keep no GPU for anyone any more."""
+        self._holds = {}
+
     def held(self, i: int) -> Hold | None:
         return self._holds.get(i)
 
