@@ -46,7 +46,16 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from gpuq.workers.launcher import group_alive
+
+
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
 
 TERMINAL = {"completed", "failed", "cancelled", "timeout"}
 FORBIDDEN_CLI_IMPORTS = ("redis", "rq", "tensorflow")

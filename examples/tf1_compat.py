@@ -5,10 +5,10 @@ changed line, ``tf.compat.v1.Session(config=gq.session_config())``.  That proto 
 ``gpu_options.allow_growth`` and, when the job was submitted with --gpu-mem or --fraction,
 ``gpu_options.per_process_gpu_memory_fraction``.
 
-It also shows the checkpoint contract without gpuq's TF2 runtime: a ``tf.compat.v1.train.Saver``
-writes into $GPUQ_CHECKPOINT_DIR, SIGTERM saves and exits with $GPUQ_REQUEUE_EXIT_CODE, and a
-restart restores the latest checkpoint (the data here is drawn per step from a seeded generator,
-so its position is the global step).  The model is the custom-loss regression.
+Checkpoints go through ``gq.GraphRun`` (a ``tf.compat.v1.train.Saver`` into $GPUQ_CHECKPOINT_DIR):
+it restores the latest checkpoint, and on SIGTERM saves and exits with $GPUQ_REQUEUE_EXIT_CODE
+(the data here is drawn per step from a seeded generator, so its position is the global step).
+The model is the custom-loss regression; digits_tf1.py is the classic network in the same style.
 
     python examples/tf1_compat.py
     gpuq submit --gpus 1 --fraction 0.25 --checkpointable examples/tf1_compat.py
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 import time
 
@@ -38,10 +37,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--save-every-steps", type=int, default=1000)
     p.add_argument("--step-sleep", type=float, default=0.0, help="seconds to sleep after each step")
     args = p.parse_args(argv)
-    checkpoint_dir = gq.checkpoint_dir_from_env(args.checkpoint_dir)
-    stop = {"signal": None}
-    signal.signal(signal.SIGTERM, lambda signum, frame: stop.update(signal=signum))
-
     import tensorflow as tf
 
     v1 = tf.compat.v1
@@ -57,36 +52,24 @@ def main(argv: list[str] | None = None) -> int:
         loss = tf.reduce_mean(tf.where(y > y_, (y - y_) * loss_more, (y_ - y) * loss_less))
         global_step = v1.train.get_or_create_global_step()
         train_op = v1.train.AdamOptimizer(0.001).minimize(loss, global_step=global_step)
-        saver = v1.train.Saver(max_to_keep=2)
-        init = v1.global_variables_initializer()
+        run = gq.GraphRun(total_steps=args.steps, global_step=global_step, checkpoint_dir=args.checkpoint_dir,
+                          save_every_steps=args.save_every_steps)
 
     config = gq.session_config()
     options = config.gpu_options
     print(f"session config: allow_growth={options.allow_growth} "
           f"per_process_gpu_memory_fraction={options.per_process_gpu_memory_fraction or 'unset (whole GPU)'}",
           flush=True)
-    with v1.Session(graph=graph, config=config) as sess:
-        latest = tf.train.latest_checkpoint(checkpoint_dir)
-        if latest:
-            saver.restore(sess, latest)
-            print(f"resumed at step {sess.run(global_step)} from {latest}", flush=True)
-        else:
-            sess.run(init)
-        step = int(sess.run(global_step))
-        while step < args.steps:
+    with run.session(config=config) as sess:  # restores the latest checkpoint, or initialises
+        for step in run.steps(sess):  # on SIGTERM: saves after this step and exits 75
             rng = np.random.default_rng([args.seed, step])  # the data for a step depends on the step only
             xb = rng.random((args.batch_size, 2)).astype("float32")
             yb = (xb.sum(axis=1, keepdims=True) + rng.random((args.batch_size, 1)) / 10.0 - 0.05).astype("float32")
             sess.run(train_op, feed_dict={x: xb, y_: yb})
-            step = int(sess.run(global_step))  # read after the update, not in the same run
-            if stop["signal"] is not None or step % args.save_every_steps == 0 or step == args.steps:
-                saver.save(sess, os.path.join(checkpoint_dir, "model.ckpt"), global_step=step)
-            if stop["signal"] is not None:
-                code = gq.requeue_exit_code_from_env()
-                print(f"SIGTERM: saved step {step}; exiting with {code} so gpuq requeues the job", flush=True)
-                return code
             if args.step_sleep:
                 time.sleep(args.step_sleep)
+        run.finish(sess)
+        step = int(sess.run(global_step))
         learned = ", ".join(f"{v:.4f}" for v in sess.run(w1).ravel())
         print(f"done: step {step}, w1 = [{learned}]", flush=True)
     return 0

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from gpuq.errors import ConfigError, GpuqError
-from gpuq.paths import Paths, default_home
+from gpuq.paths import Paths, config_files, default_home
 from gpuq.scheduler.config import PolicyConfig
 from gpuq.units import parse_duration_s, parse_size_bytes, parse_size_mib
 
@@ -25,9 +25,18 @@ class DaemonConfig:
     cycle_s: float = 1.0  # the scheduler runs at least this often (and at once when woken)
     probe_interval_s: float = 1.0
     node_ttl_s: float = 15.0  # a node whose snapshot is older than this is considered down
-    max_workers: int = 64  # RQ worker processes per node (one per concurrently running job)
-    spare_workers: int = 2  # idle workers kept ready so a placement starts at once
+    max_workers: int = 64  # upper bound on RQ worker processes per node
+    spare_workers: int = 2  # RQ workers per node: a launch takes milliseconds, so a few serve any load
     scheduler: bool = True  # take part in the scheduler leader election
+    keep_impossible_dependents: bool = False  # True: a job whose dependency failed stays pending
+    # ---- launching and supervising jobs: see docs/architecture.md and docs/reliability.md ----
+    cpu_slots: int = field(default_factory=lambda: os.cpu_count() or 1)  # CPU-only jobs running at once here
+    cgroups: str = "auto"  # auto | v2 | v1 | off: how jobs are contained (gpuq/workers/cgroup.py)
+    overuse: str = "warn"  # warn | kill: a job using more GPU memory than it reserved
+    overuse_grace_s: float = 60.0  # with overuse = "kill": how long a job may stay over
+    log_cap_mib: int = 1024  # per job log; beyond it the oldest part is dropped with a note
+    node_lost_s: float = 300.0  # a node silent this long has its started jobs requeued or failed
+    drain: bool = False  # on SIGTERM stop (requeue) this node's jobs instead of leaving them running
     # ---- the door (API): see docs/security.md ----
     max_job_bytes: int = 64 * 1024  # argv + environment of one job
     retention_s: float = 30 * 86400.0  # finished jobs' records are deleted after this (accounting kept)
@@ -41,7 +50,9 @@ class DaemonConfig:
 
 
 _KNOWN = {"redis_url", "simulate_gpus", "grace", "cycle", "probe_interval", "node", "node_ttl", "max_workers",
-          "spare_workers", "scheduler", "max_job_size", "retention", "min_free_space", "show_others_commands"}
+          "spare_workers", "scheduler", "max_job_size", "retention", "min_free_space", "show_others_commands",
+          "cpu_slots", "cgroups", "overuse", "overuse_grace", "log_cap", "node_lost_timeout", "drain",
+          "keep_impossible_dependents"}
 
 
 def _policy_from(table: Mapping[str, Any]) -> PolicyConfig:
@@ -62,7 +73,7 @@ def load_config(
     """Build the config: file (``$GPUQ_HOME/config.toml`` or ``config_file``), then the
     environment (``GPUQ_REDIS_URL``, ``GPUQ_SIMULATE_GPUS``, ``GPUQ_NODE``), then ``overrides``."""
     home = home or default_home()
-    path = config_file or Paths(home).config_file
+    path = config_file or next((p for p in config_files(home) if p.exists()), Paths(home).config_file)
     data: dict[str, Any] = {}
     if config_file is not None or path.exists():
         try:
@@ -82,14 +93,21 @@ def load_config(
             if k in daemon:
                 simple[k] = str(daemon[k])
         for k, attr in (("grace", "grace_s"), ("cycle", "cycle_s"), ("probe_interval", "probe_interval_s"),
-                        ("node_ttl", "node_ttl_s")):
+                        ("node_ttl", "node_ttl_s"), ("overuse_grace", "overuse_grace_s"),
+                        ("node_lost_timeout", "node_lost_s")):
             if k in daemon:
                 simple[attr] = parse_duration_s(str(daemon[k]), what=f"[daemon] {k}")
-        for k in ("max_workers", "spare_workers"):
+        for k in ("max_workers", "spare_workers", "cpu_slots"):
             if k in daemon:
                 simple[k] = int(daemon[k])
-        if "scheduler" in daemon:
-            simple["scheduler"] = bool(daemon["scheduler"])
+        for k in ("scheduler", "keep_impossible_dependents", "drain"):
+            if k in daemon:
+                simple[k] = bool(daemon[k])
+        for k in ("cgroups", "overuse"):
+            if k in daemon:
+                simple[k] = str(daemon[k])
+        if "log_cap" in daemon:
+            simple["log_cap_mib"] = parse_size_mib(str(daemon["log_cap"]), what="[daemon] log_cap")
         if "max_job_size" in daemon:
             simple["max_job_bytes"] = parse_size_bytes(str(daemon["max_job_size"]), what="[daemon] max_job_size")
         if "retention" in daemon:
@@ -116,6 +134,10 @@ def load_config(
         cfg = replace(cfg, node=env["GPUQ_NODE"])
     if overrides:
         cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
-    if cfg.grace_s < 0 or cfg.max_workers < 1:
-        raise ConfigError("grace must be zero or more and max_workers at least 1.")
+    if cfg.grace_s < 0 or cfg.max_workers < 1 or cfg.spare_workers < 1 or cfg.cpu_slots < 0:
+        raise ConfigError("grace must be zero or more, max_workers and spare_workers at least 1, cpu_slots not negative.")
+    if cfg.cgroups not in ("auto", "v2", "v1", "off"):
+        raise ConfigError(f"[daemon] cgroups = {cfg.cgroups!r} is unknown: use auto, v2, v1 or off.")
+    if cfg.overuse not in ("warn", "kill"):
+        raise ConfigError(f"[daemon] overuse = {cfg.overuse!r} is unknown: use warn or kill.")
     return cfg

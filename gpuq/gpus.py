@@ -37,6 +37,10 @@ class NodeSnapshot:
     extra: Mapping[str, Any] = field(default_factory=dict)
     #: how many CPU-only jobs may run here at once (None: no bound)
     cpu_slots: int | None = None
+    #: how jobs are contained here ("cgroup v1", "cgroup v2", or "process group (no cgroups)")
+    containment: str = ""
+    #: things gpuq warns about on this node (e.g. a job using more GPU memory than it reserved)
+    warnings: tuple[str, ...] = ()
 
 
 def snapshot_to_dict(s: NodeSnapshot) -> dict[str, Any]:
@@ -46,6 +50,8 @@ def snapshot_to_dict(s: NodeSnapshot) -> dict[str, Any]:
         "probed_at": s.probed_at,
         "simulated": s.simulated,
         "cpu_slots": s.cpu_slots,
+        "containment": s.containment,
+        "warnings": list(s.warnings),
         "gpus": [
             {
                 "index": g.index, "uuid": g.uuid, "name": g.name, "mem_total_mib": g.mem_total_mib,
@@ -65,6 +71,8 @@ def snapshot_from_dict(d: Mapping[str, Any]) -> NodeSnapshot:
         probed_at=float(d.get("probed_at", 0.0)),
         simulated=bool(d.get("simulated", False)),
         cpu_slots=None if d.get("cpu_slots") is None else int(d["cpu_slots"]),
+        containment=str(d.get("containment", "")),
+        warnings=tuple(str(w) for w in d.get("warnings", ())),
         gpus=tuple(
             GpuInfo(
                 index=int(g["index"]), uuid=g["uuid"], name=g.get("name", "?"),

@@ -22,8 +22,21 @@ def job(job_id: int) -> str:
     return f"{PREFIX}job:{job_id}"
 
 
+def job_env(job_id: int) -> str:
+    """A job's environment (JSON), apart from its record: lists of jobs never read it."""
+    return f"{PREFIX}job:{job_id}:env"
+
+
 def job_events(job_id: int) -> str:
     return f"{PREFIX}job:{job_id}:events"
+
+
+def job_heartbeat(job_id: int) -> str:
+    """Written by a running job's supervisor every few seconds, with a TTL: {pid, node, token, at}."""
+    return f"{PREFIX}job:{job_id}:heartbeat"
+
+
+OVERUSE = PREFIX + "overuse"  # hash job id -> JSON {since, used_mib, reserved_mib, gpu}: GPU memory over-use
 
 
 def user_queued(uid: int) -> str:

@@ -70,14 +70,18 @@ def job_not_found(job_id: int) -> JobNotFound:
     return JobNotFound(f"there is no job {job_id}; `gpuq status --all` lists the jobs.")
 
 
-def _load(raw: bytes | str | None) -> Job | None:
-    """The job in a stored record; :class:`BadRecord` when it cannot be read."""
+def _load(raw: bytes | str | None, env_raw: bytes | str | None = None) -> Job | None:
+    """The job in a stored record (with its environment when ``env_raw`` is given);
+    :class:`BadRecord` when it cannot be read."""
     if raw is None:
         return None
     try:
         d = json.loads(raw)
+        env = None if env_raw is None else json.loads(env_raw)
     except (ValueError, UnicodeDecodeError) as e:
         raise BadRecord(f"not valid JSON ({e})") from None
+    if env is not None and isinstance(d, dict) and isinstance(d.get("spec"), dict):
+        d["spec"]["env"] = env
     return Job.from_dict(d)
 
 
@@ -97,7 +101,13 @@ def _text(raw: bytes | str) -> str:
 
 
 def _dump(job: Job) -> str:
-    return json.dumps(job.to_dict(), separators=(",", ":"))
+    """The job's record without its environment: that is kept under ``keys.job_env`` (see
+    :func:`_dump_env`), so listing thousands of jobs does not read thousands of environments."""
+    return json.dumps(job.to_dict(with_env=False), separators=(",", ":"))
+
+
+def _dump_env(job: Job) -> str:
+    return json.dumps(dict(job.spec.env), separators=(",", ":"))
 
 
 class Store:
@@ -136,6 +146,7 @@ class Store:
                                 "wait for some to start, or cancel some.")
                         pipe.multi()
                         pipe.set(keys.job(job.id), _dump(job))
+                        pipe.set(keys.job_env(job.id), _dump_env(job))
                         pipe.sadd(keys.ACTIVE, job.id)
                         pipe.sadd(queued, job.id)
                         self._event(pipe, job.id, now, f"submitted by {job.owner.user}")
@@ -149,16 +160,51 @@ class Store:
         with _wrap("counting waiting jobs"):
             return int(self.r.scard(keys.user_queued(uid)))
 
+    def submit_many(self, count: int, build: Callable[[int], list[Job]], now: float, uid: int,
+                    max_queued: int | None = None) -> list[Job]:
+        """Allocate ``count`` consecutive ids (the first is passed to ``build``, which returns the
+        jobs) and store them all in one transaction: a job array is one request, one fsync.  The
+        per-user limit on waiting jobs applies to the whole batch, atomically as in :meth:`submit`."""
+        queued = keys.user_queued(uid)
+        with _wrap("submitting jobs"):
+            first = int(self.r.incrby(keys.NEXT_JOB_ID, count)) - count + 1
+            jobs = build(first)
+            ids = [j.id for j in jobs]
+            with self.r.pipeline(transaction=True) as pipe:
+                while True:
+                    try:
+                        pipe.watch(queued)
+                        have = int(pipe.scard(queued))
+                        if max_queued is not None and have + count > max_queued:
+                            pipe.unwatch()
+                            raise SubmitLimitExceeded(
+                                f"you have {have} jobs waiting; {count} more would pass the limit of {max_queued}: "
+                                "submit a smaller array, or wait for some to start.")
+                        pipe.multi()
+                        pipe.mset({keys.job(j.id): _dump(j) for j in jobs})
+                        pipe.mset({keys.job_env(j.id): _dump_env(j) for j in jobs})
+                        pipe.sadd(keys.ACTIVE, *ids)
+                        pipe.sadd(queued, *ids)
+                        for j in jobs:
+                            self._event(pipe, j.id, now, f"submitted by {j.owner.user}")
+                        pipe.lpush(keys.WAKE, "submit")
+                        pipe.execute()
+                        return jobs
+                    except redis.WatchError:
+                        continue
+
     def get(self, job_id: int) -> Job:
+        """One job in full, its environment included."""
         with _wrap("reading a job"):
-            raw = self.r.get(keys.job(job_id))
-        job = self._load_or_set_aside(job_id, raw)
+            raw, env_raw = self.r.mget([keys.job(job_id), keys.job_env(job_id)])
+        job = self._load_or_set_aside(job_id, raw, env_raw)
         if job is None:
             raise job_not_found(job_id)
         return job
 
     def get_many(self, ids: Sequence[int]) -> list[Job]:
-        """The readable jobs among ``ids``; an unreadable record is set aside, never raised."""
+        """The readable jobs among ``ids``, without their environments (:meth:`get` has it); an
+        unreadable record is set aside, never raised."""
         if not ids:
             return []
         with _wrap("reading jobs"):
@@ -209,7 +255,7 @@ class Store:
                     pipe.hincrbyfloat(acct, "gpu_s", job.attained_gpu_s)
                     pipe.hincrbyfloat(acct, "last_run_s", job.last_run_s)
                     pipe.hincrby(acct, "requeues", job.requeues)
-                    pipe.delete(keys.job(job.id), keys.job_events(job.id))
+                    pipe.delete(keys.job(job.id), keys.job_env(job.id), keys.job_events(job.id))
                     pipe.zrem(keys.FINISHED, job.id)
                 pipe.execute()
         return len(ids)
@@ -235,9 +281,10 @@ class Store:
 
     # ---- records that cannot be read -----------------------------------------------------------
 
-    def _load_or_set_aside(self, job_id: int, raw: bytes | str | None) -> Job | None:
+    def _load_or_set_aside(self, job_id: int, raw: bytes | str | None,
+                           env_raw: bytes | str | None = None) -> Job | None:
         try:
-            job = _load(raw)
+            job = _load(raw, env_raw)
         except BadRecord as e:
             assert raw is not None
             self.set_aside(job_id, raw, str(e))
@@ -270,7 +317,7 @@ class Store:
                         pipe.multi()
                         pipe.hset(keys.QUARANTINE, str(job_id), json.dumps(
                             {"raw": _text(raw)[:SET_ASIDE_RAW_CHARS], "error": error[:1000], "at": at}))
-                        pipe.delete(key)
+                        pipe.delete(key, keys.job_env(job_id))
                         pipe.srem(keys.ACTIVE, job_id)
                         pipe.zrem(keys.FINISHED, job_id)
                         pipe.hdel(keys.REASONS, job_id)
@@ -315,6 +362,13 @@ class Store:
                 pipe.set(keys.INDEX_VERSION, INDEX_VERSION)
                 pipe.execute()
 
+    def finished_ids(self, since: float | None, until: float | None, offset: int, count: int) -> list[int]:
+        """Ids of jobs that ended in [since, until), newest first (for `gpuq history`)."""
+        hi = f"({until}" if until is not None else "+inf"
+        lo = since if since is not None else "-inf"
+        with _wrap("reading the history"):
+            return [int(i) for i in self.r.zrevrangebyscore(keys.FINISHED, hi, lo, start=offset, num=count)]
+
     def states_of(self, ids: Sequence[int]) -> dict[int, JobState]:
         return {j.id: j.state for j in self.get_many(list(ids))}
 
@@ -345,11 +399,12 @@ class Store:
                                 pipe.unwatch()
                                 return None  # we lost the lease: another leader decides now
                         raw = pipe.get(key)
+                        env_raw = pipe.get(keys.job_env(job_id))  # written once at submit: not watched
                         try:
-                            old = _load(raw)
+                            old = _load(raw, env_raw)
                         except BadRecord:
                             pipe.unwatch()
-                            self._load_or_set_aside(job_id, raw)  # raises RecordSetAside
+                            self._load_or_set_aside(job_id, raw, env_raw)  # raises RecordSetAside
                             raise
                         if old is None:
                             raise job_not_found(job_id)
@@ -359,6 +414,8 @@ class Store:
                             return None
                         pipe.multi()
                         pipe.set(key, _dump(new))
+                        if env_raw is None and new.spec.env:  # a record from before environments had their key
+                            pipe.set(keys.job_env(job_id), _dump_env(new))
                         if new.state.terminal and not old.state.terminal:
                             pipe.srem(keys.ACTIVE, job_id)
                             pipe.zadd(keys.FINISHED, {str(job_id): new.ended_at or now})

@@ -28,15 +28,19 @@ def _shown(text: str) -> str:
 def parse_size_mib(text: str, what: str = "size") -> int:
     """Parse ``10GiB``, ``512MiB``, ``1.5G`` or ``24GB`` into whole MiB (rounded up).
 
-    A bare number means MiB.  Zero and negative sizes are refused.
+    A unit is required: a bare ``10`` could mean MiB or GiB, so it is refused with the two
+    readings spelled out.  Zero and negative sizes are refused.
     """
     m = _SIZE_RE.match(str(text)) if len(str(text)) <= _MAX_TEXT else None
     unit = m.group(2).lower() if m else ""
-    if not m or (unit and unit not in _SIZE_UNITS_MIB):
+    if m and not unit:
+        n = m.group(1)
+        raise InvalidInput(f"{what} {_shown(text)} has no unit: write {n}GiB or {n}MiB.")
+    if not m or unit not in _SIZE_UNITS_MIB:
         raise InvalidInput(
             f"{what} {_shown(text)} is not a size: write a number with a unit, like 10GiB or 512MiB."
         )
-    value = float(m.group(1)) * _SIZE_UNITS_MIB.get(unit or "mib")
+    value = float(m.group(1)) * _SIZE_UNITS_MIB[unit]
     if not value <= MAX_SIZE_MIB:
         raise InvalidInput(f"{what} {_shown(text)} is larger than any GPU or disk: give a size like 10GiB.")
     mib = math.ceil(value - 1e-9)

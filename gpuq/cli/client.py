@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from gpuq.errors import DaemonBusy, DaemonNotRunning, GpuqError, JobNotFound, PermissionDenied, WouldNeverFit
+from gpuq.paths import no_daemon_advice
 
 _ERRORS = {"JobNotFound": JobNotFound, "PermissionDenied": PermissionDenied, "WouldNeverFit": WouldNeverFit,
            "DaemonBusy": DaemonBusy}
@@ -71,10 +72,7 @@ class Client:
                 return _read_response(s)
             return _read_response(s)
         except (FileNotFoundError, ConnectionRefusedError):
-            raise DaemonNotRunning(
-                f"the gpuq daemon is not running (nothing answers on {self.path}): start it with "
-                "`gpuq daemon --simulate-gpus 4x24GiB` (or as a service), or set GPUQ_HOME to its state directory."
-            ) from None
+            raise DaemonNotRunning(no_daemon_advice(self.path)) from None
         except PermissionError:
             raise DaemonNotRunning(f"cannot open {self.path}: permission denied; ask the administrator to check "
                                    "the socket's mode.") from None

@@ -8,6 +8,9 @@ socket's peer credentials (SO_PEERCRED), never by anything in the request.
     GET  /v1/jobs/ID/log?offset=N    log bytes from N; headers X-Gpuq-Offset, X-Gpuq-State
     POST /v1/jobs                    submit (JSON body)
     POST /v1/jobs/cancel|hold|release|requeue   {"ids": [...]}
+    GET  /v1/jobs/ID/log-tail?lines=N  {"offset": where the last N lines begin}
+    POST /v1/jobs/lookup             {"ids": [17, "17_3"]} -> the jobs (array ids expanded)
+    GET  /v1/history?user=U&state=S&since=T&until=T&limit=N   finished jobs, newest first
     GET  /v1/usage                   fair-share usage per user
     GET  /v1/health
 
@@ -48,8 +51,12 @@ MAX_CONNECTIONS_PER_UID = 16
 REQUEST_DEADLINE_S = 10.0
 #: ... and this long to read the answer.
 WRITE_TIMEOUT_S = 30.0
-#: How often the daemon deletes finished jobs past their retention.
+#: How often the daemon deletes finished jobs past their retention (more often for a short retention).
 HOUSEKEEPING_INTERVAL_S = 60.0
+
+
+def housekeeping_interval_s(retention_s: float) -> float:
+    return min(HOUSEKEEPING_INTERVAL_S, max(1.0, retention_s / 4))
 
 
 def _peer(sock: socket.socket) -> tuple[int, int, int]:
@@ -187,6 +194,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send_json(self, status: int, payload: Any) -> None:
         body = strict_json(payload)
+        self.request_version = "HTTP/1.1"  # always a status line and headers, even to an HTTP/0.9-style request
         self.connection.settimeout(WRITE_TIMEOUT_S)
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -232,6 +240,10 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._send_json(200, svc.status(caller, include_finished=q.include_finished))
             if method == "GET" and route == ["usage"]:
                 return self._send_json(200, svc.usage(caller))
+            if method == "POST" and route == ["jobs", "lookup"]:
+                return self._send_json(200, {"jobs": svc.lookup(caller, schema.parse_ids(self._body()).ids)})
+            if method == "GET" and route == ["history"]:
+                return self._send_json(200, svc.history(caller, schema.parse_history_query(query)))
             if method == "POST" and route == ["jobs"]:
                 req = schema.parse_submit(self._body(), svc.cfg.max_job_bytes)
                 return self._send_json(201, svc.submit(caller, req))
@@ -244,6 +256,9 @@ class _Handler(BaseHTTPRequestHandler):
                 job_id = schema.check_job_id(route[1])
                 if len(route) == 2:
                     return self._send_json(200, svc.job(caller, job_id))
+                if route[2:] == ["log-tail"]:
+                    lines = schema.parse_tail_query(query).lines
+                    return self._send_json(200, {"offset": svc.log_tail_offset(caller, job_id, lines)})
                 if route[2:] == ["log"]:
                     offset = schema.parse_log_query(query).offset
                     data, new_offset, job = svc.log(caller, job_id, offset)
@@ -305,7 +320,7 @@ class ApiServer:
                 self.server.service.housekeep()
             except Exception:  # a bad pass must not end the daemon; the next one retries
                 log.exception("housekeeping failed (retrying)")
-            if self.stopping.wait(HOUSEKEEPING_INTERVAL_S):
+            if self.stopping.wait(housekeeping_interval_s(self.server.service.cfg.retention_s)):
                 return
 
     def stop(self) -> None:

@@ -38,6 +38,8 @@ class EmbeddedRedis:
         self.socket = socket
         self.proc: subprocess.Popen | None = None
         self.reused = False  # a server left by a daemon that died: ours to stop too
+        self.reused_pid: int | None = None  # its process, watched like one we started
+        self.restart_failed = False
 
     @property
     def url(self) -> str:
@@ -72,6 +74,7 @@ class EmbeddedRedis:
         os.chmod(self.dir, 0o700)
         if self.socket.exists() and self._responds():
             self.reused = True
+            self.reused_pid = self._server_pid()
             return  # a server left by an earlier daemon that died: reuse it, its data is ours
         exe = find_redis_server()
         if exe is None:
@@ -97,14 +100,45 @@ class EmbeddedRedis:
         self.stop()
         raise StoreUnavailable(f"the embedded redis-server did not answer within {timeout_s:g} s; see {self.dir}/redis.log.")
 
+    def _server_pid(self) -> int | None:
+        import redis
+
+        try:
+            return int(redis.Redis(unix_socket_path=str(self.socket), socket_connect_timeout=1).info("server")["process_id"])
+        except (redis.RedisError, OSError, KeyError, ValueError):
+            return None
+
     def died(self) -> bool:
-        """True when the server this daemon started has exited (crashed or was killed)."""
-        return self.proc is not None and self.proc.poll() is not None
+        """True when the server has exited (crashed or was killed), whether this daemon started it
+        or reused one left by a daemon that died."""
+        if self.restart_failed:
+            return True
+        if self.proc is not None:
+            return self.proc.poll() is not None
+        if self.reused:
+            if self.reused_pid is None:
+                return not self._responds()
+            try:
+                os.kill(self.reused_pid, 0)
+            except ProcessLookupError:
+                return True
+            except PermissionError:
+                return False
+            try:
+                with open(f"/proc/{self.reused_pid}/stat", "rb") as f:
+                    return f.read().rsplit(b")", 1)[-1].split()[0] == b"Z"
+            except OSError:
+                return True
+        return False
 
     def restart(self) -> None:
         """Start it again on the same data: AOF with fsync on every write loses nothing acknowledged."""
         self.proc = None
+        self.reused = False
+        self.reused_pid = None
+        self.restart_failed = True  # until it answers: the next probe interval tries again
         self.start()
+        self.restart_failed = False
 
     def stop(self, timeout_s: float = 10.0) -> None:
         if self.proc is None:

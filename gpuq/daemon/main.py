@@ -20,8 +20,13 @@ from gpuq.daemon.service import Service
 from gpuq.errors import GpuqError, StoreUnavailable
 from gpuq.daemon.scheduler_loop import SchedulerLoop
 from gpuq.store import Store, redacted
+from gpuq.workers import cgroup
 from gpuq.workers.agent import NodeAgent
 from gpuq.workers.probe import make_probe
+from gpuq.workers.reconcile import LostNodes
+
+_PR_SET_CHILD_SUBREAPER = 36
+LOST_NODE_CHECK_S = 5.0
 
 log = logging.getLogger("gpuq.daemon")
 
@@ -36,6 +41,31 @@ def _socket_answers(path: str) -> bool:
         return False
     finally:
         s.close()
+
+
+def become_subreaper() -> None:
+    """Supervisors (double-forked by the workers) are re-parented to the daemon, which reaps them."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def reap_adopted(own: set[int]) -> None:
+    """Reap exited processes re-parented to us (supervisors), never our own Popen children."""
+    while True:
+        try:
+            info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return
+        if info is None or info.si_pid in own:
+            return
+        try:
+            os.waitpid(info.si_pid, os.WNOHANG)
+        except ChildProcessError:
+            return
 
 
 def prepare_home(cfg: DaemonConfig) -> None:
@@ -99,7 +129,12 @@ class Daemon:
             raise
         old_int = signal.signal(signal.SIGINT, self._on_signal)
         old_term = signal.signal(signal.SIGTERM, self._on_signal)
-        agent = NodeAgent(store, cfg, probe, url)
+        containment, note = cgroup.choose(cfg.cgroups, cfg.node)
+        (log.info if not isinstance(containment, cgroup.ProcessGroupOnly) else log.warning)("%s", note)
+        become_subreaper()
+        agent = NodeAgent(store, cfg, probe, url, containment, note)
+        lost = LostNodes(cfg.node_lost_s)
+        next_lost_check = 0.0
         api: ApiServer | None = None
         sched_thread: threading.Thread | None = None
         try:
@@ -122,15 +157,21 @@ class Daemon:
                         self.redis.restart()
                     except StoreUnavailable as e:
                         log.error("%s (retrying)", e)
+                reap_adopted({w.pid for w in agent.workers} | ({self.redis.proc.pid} if self.redis and self.redis.proc else set()))
                 try:
                     agent.tick()
+                    if cfg.scheduler and time.monotonic() >= next_lost_check:
+                        next_lost_check = time.monotonic() + LOST_NODE_CHECK_S
+                        if store.leader() == cfg.node:
+                            lost.check(store, time.time())
                 except StoreUnavailable as e:
                     log.error("%s (retrying)", e)
                 except Exception:  # one bad probe must not end the daemon; the log keeps the evidence
                     log.exception("node agent tick failed (retrying)")
                 self.agent_wake.wait(cfg.probe_interval_s)
                 self.agent_wake.clear()
-            log.info("stopping: running jobs get SIGTERM and go back to the queue")
+            log.info("stopping: %s", "draining: running jobs get SIGTERM and go back to the queue" if cfg.drain
+                     else "running jobs keep running under their supervisors; the next daemon adopts them")
         finally:
             if api is not None:
                 api.stop()
@@ -141,7 +182,7 @@ class Daemon:
             if sched_thread is not None:
                 sched_thread.join(timeout=5)
             try:
-                agent.shutdown(cfg.grace_s)
+                agent.shutdown(cfg.grace_s, drain=cfg.drain)
             except StoreUnavailable as e:
                 log.error("could not stop jobs cleanly: %s", e)
             try:

@@ -16,6 +16,7 @@ from gpuq.config import DaemonConfig
 from gpuq.errors import GpuqError, StoreUnavailable
 from gpuq.gpus import NodeSnapshot
 from gpuq.jobs.model import Job, JobState, StopKind, StopRequest
+from gpuq.scheduler.dependencies import dependency_ids, dependency_never
 from gpuq.scheduler.policy import Plan, plan
 from gpuq.store import Store
 
@@ -61,11 +62,28 @@ class SchedulerLoop:
         jobs = self.store.active_jobs()
         pending = [j for j in jobs if j.state in (JobState.PENDING, JobState.HELD)]
         running = [j for j in jobs if j.state is JobState.RUNNING]
-        deps = {d for j in pending for d in j.spec.after}
+        deps = {d for j in pending for d in dependency_ids(j)}
         finished = self.store.states_of(sorted(deps)) if deps else {}
         usage = self.store.usage_records()
         live = [n for n in self.store.nodes() if now - n.probed_at <= self.cfg.node_ttl_s]
         return World(pending, running, live, usage, finished)
+
+    def cancel_impossible_dependents(self, world: World, now: float) -> None:
+        """A job whose dependency can never be satisfied is cancelled, with the reason (Slurm's
+        kill_invalid_depend); ``[daemon] keep_impossible_dependents = true`` leaves it pending."""
+        if self.cfg.keep_impossible_dependents:
+            return
+        for job in world.pending:
+            why = dependency_never(job, world.finished)
+            if why is None:
+                continue
+            reason = f"dependency never satisfied: {why}"
+            self.store.update(
+                job.id,
+                lambda j, reason=reason: j.transition(JobState.CANCELLED, ended_at=now, end_reason=reason)
+                if j.state in (JobState.PENDING, JobState.HELD) else None,
+                now, event=f"cancelled: {reason}",
+            )
 
     def decide(self, world: World, now: float) -> Plan:
         return plan(world.pending, world.running, world.nodes, world.usage, self.cfg.policy, now,
@@ -123,6 +141,7 @@ class SchedulerLoop:
         now = self.clock()
         world = self.load(now)
         self.release_unclaimed(world, now)
+        self.cancel_impossible_dependents(world, now)
         decisions = self.decide(world, now)
         self.apply(decisions, now)
         self.publish(decisions)

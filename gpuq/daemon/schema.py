@@ -84,6 +84,30 @@ def check_job_id(value: Any, what: str = "a job id") -> int:
     return value
 
 
+#: A job reference in a request: a job id (an array's id stands for all its jobs), or
+#: ``"ARRAY_INDEX"`` text such as ``"17_3"`` for one element of array 17.
+JobRef = int | str
+
+
+def check_job_ref(value: Any, what: str = "a job id") -> JobRef:
+    if isinstance(value, str) and "_" in value:
+        arr, _, idx = value.strip().partition("_")
+        if not (arr.isascii() and arr.isdigit() and idx.isascii() and idx.isdigit() and len(arr) <= 16
+                and len(idx) <= 9):
+            raise InvalidInput(f"{_clip(value)!r} is not a job id: give 17, or 17_3 for element 3 of array 17.")
+        return f"{check_job_id(arr, what)}_{int(idx)}"
+    return check_job_id(value, what)
+
+
+def _refs(body: Mapping[str, Any], key: str, what: str) -> tuple[JobRef, ...]:
+    raw = body.get(key) or []
+    if not isinstance(raw, list):
+        raw = [raw]
+    if len(raw) > MAX_IDS:
+        raise InvalidInput(f"{what} names more than {MAX_IDS} jobs: give an array id instead.")
+    return tuple(check_job_ref(a, what) for a in raw)
+
+
 def _option_text(value: Any, what: str, example: str) -> str:
     """A size, duration or fraction: text (or a finite number) of at most MAX_OPTION_CHARS."""
     if isinstance(value, bool):
@@ -92,7 +116,7 @@ def _option_text(value: Any, what: str, example: str) -> str:
         if isinstance(value, float) and not math.isfinite(value):
             raise InvalidInput(f"{what} {value!r} is not a finite number.")
         value = repr(value)
-    text = check_text(value, what, MAX_OPTION_CHARS * 4)
+    text = check_text(value, what, MAX_BODY_BYTES)
     if len(text) > MAX_OPTION_CHARS:
         raise InvalidInput(f"{what} {_clip(text)!r} is too long to be a value: give something like {example}.")
     return text
@@ -127,15 +151,37 @@ class SubmitRequest:
     exclusive: bool = False
     name: str = ""
     priority: int = 0
-    after: tuple[int, ...] = ()
+    after: tuple[JobRef, ...] = ()
     time_limit_s: float | None = None
     checkpointable: bool = False
+    after_any: tuple[JobRef, ...] = ()
+    after_notok: tuple[JobRef, ...] = ()
+    array: str | None = None  # "0-99%8" (gpuq/daemon/arrays.py parses it)
+    commands: tuple[tuple[str, ...], ...] | None = None  # --from FILE: one argv per element
+    notify: str = ""  # --notify CMD
     #: what the daemon changed about the request and tells the user (e.g. a rounded-up memory size)
     notes: tuple[str, ...] = ()
 
 
 SUBMIT_FIELDS = ("argv", "cwd", "env", "gpus", "gpu_mem", "fraction", "exclusive", "name", "priority", "after",
-                 "time_limit", "checkpointable")
+                 "time_limit", "checkpointable", "after_any", "after_notok", "array", "commands", "notify")
+MAX_ARRAY_JOBS = 10_000
+MAX_NOTIFY_BYTES = 4096
+
+
+def _commands(value: Any, max_job_bytes: int) -> tuple[tuple[str, ...], ...] | None:
+    """``--from FILE``: one argv per line, each bounded like a job's command."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or not value:
+        raise InvalidInput("--from: the file has no commands; write one command per line.")
+    if len(value) > MAX_ARRAY_JOBS:
+        raise InvalidInput(f"--from: the file has more than {MAX_ARRAY_JOBS} commands: split it.")
+    out = tuple(_argv(c) for c in value)
+    for c in out:
+        if job_bytes(c, {}) > max_job_bytes:
+            raise InvalidInput(f"--from: a command is longer than {max_job_bytes // 1024} KiB: shorten it.")
+    return out
 
 
 def _argv(value: Any) -> tuple[str, ...]:
@@ -143,7 +189,7 @@ def _argv(value: Any) -> tuple[str, ...]:
         raise InvalidInput("nothing to run: give a script or a command, like `gpuq submit train.py`.")
     if len(value) > MAX_ARGS:
         raise InvalidInput(f"the command has more than {MAX_ARGS} arguments: put them in a file.")
-    argv = tuple(check_text(a, "an argument of the command", DEFAULT_MAX_JOB_BYTES) for a in value)
+    argv = tuple(check_text(a, "an argument of the command", MAX_BODY_BYTES) for a in value)
     if not argv[0]:
         raise InvalidInput("nothing to run: give a script or a command, like `gpuq submit train.py`.")
     return argv
@@ -162,7 +208,7 @@ def _env(value: Any) -> dict[str, str]:
         if not name or "=" in name:
             raise InvalidInput(f"environment variable name {_clip(name)!r} is not valid: names are non-empty "
                                "and have no '='.")
-        env[name] = check_text(v, f"environment variable {_clip(name)}", DEFAULT_MAX_JOB_BYTES)
+        env[name] = check_text(v, f"environment variable {_clip(name)}", MAX_BODY_BYTES)
     return env
 
 
@@ -203,12 +249,12 @@ def parse_submit(body: Any, max_job_bytes: int = DEFAULT_MAX_JOB_BYTES) -> Submi
     time_limit_s = None
     if _optional(body, "time_limit") is not None:
         time_limit_s = parse_duration_s(_option_text(body["time_limit"], "--time-limit", "2h or 3d"), what="--time-limit")
-    after_raw = body.get("after") or []
-    if not isinstance(after_raw, list):
-        after_raw = [after_raw]
-    if len(after_raw) > MAX_IDS:
-        raise InvalidInput(f"--after names more than {MAX_IDS} jobs: give fewer.")
-    after = tuple(check_job_id(a, "--after") for a in after_raw)
+    after = _refs(body, "after", "--after")
+    array = None
+    if _optional(body, "array") is not None:
+        array = _option_text(body["array"], "--array", "0-99%8")
+    commands = _commands(body.get("commands"), max_job_bytes)
+    notify = "" if _optional(body, "notify") is None else check_text(body["notify"], "--notify", MAX_NOTIFY_BYTES)
     name = "" if _optional(body, "name") is None else check_text(body["name"], "--name", 4 * MAX_NAME_CHARS,
                                                                    allow_control=False)
     if len(name) > MAX_NAME_CHARS:
@@ -219,7 +265,8 @@ def parse_submit(body: Any, max_job_bytes: int = DEFAULT_MAX_JOB_BYTES) -> Submi
         name=name,
         priority=0 if _optional(body, "priority") is None else check_int(body["priority"], "--priority",
                                                                           *PRIORITY_RANGE),
-        after=after, time_limit_s=time_limit_s,
+        after=after, time_limit_s=time_limit_s, after_any=_refs(body, "after_any", "--after-any"),
+        after_notok=_refs(body, "after_notok", "--after-notok"), array=array, commands=commands, notify=notify.strip(),
         checkpointable=False if body.get("checkpointable") is None else check_bool(body["checkpointable"],
                                                                                    "--checkpointable"),
         notes=tuple(notes),
@@ -233,7 +280,7 @@ def parse_submit(body: Any, max_job_bytes: int = DEFAULT_MAX_JOB_BYTES) -> Submi
 class IdsRequest:
     """``POST /v1/jobs/cancel|hold|release|requeue``."""
 
-    ids: tuple[int, ...]
+    ids: tuple[JobRef, ...]
 
 
 def parse_ids(body: Any) -> IdsRequest:
@@ -245,7 +292,7 @@ def parse_ids(body: Any) -> IdsRequest:
         raise InvalidInput("give one or more job ids.")
     if len(ids) > MAX_IDS:
         raise InvalidInput(f"at most {MAX_IDS} job ids at once: split the list.")
-    return IdsRequest(ids=tuple(check_job_id(i) for i in ids))
+    return IdsRequest(ids=tuple(check_job_ref(i) for i in ids))
 
 
 # ---- queries -----------------------------------------------------------------------------------------
@@ -296,3 +343,63 @@ def parse_log_query(query: Mapping[str, list[str]]) -> LogQuery:
     if not v.isascii() or not v.isdigit() or len(v) > 19 or int(v) > MAX_LOG_OFFSET:
         raise InvalidInput("offset must be a whole number of bytes.")
     return LogQuery(offset=int(v))
+
+
+@dataclass(frozen=True)
+class TailQuery:
+    """``GET /v1/jobs/ID/log-tail?lines=N``."""
+
+    lines: int = 10
+
+
+def parse_tail_query(query: Mapping[str, list[str]]) -> TailQuery:
+    _refuse_unknown_query(query, ("lines",))
+    v = _query_value(query, "lines")
+    if v is None:
+        return TailQuery()
+    if not v.isascii() or not v.isdigit() or len(v) > 9:
+        raise InvalidInput("lines must be a whole number, 0 or more.")
+    return TailQuery(lines=int(v))
+
+
+@dataclass(frozen=True)
+class HistoryQuery:
+    """``GET /v1/history?user=U&state=S&since=T&until=T&limit=N`` (user and state repeatable;
+    since/until in epoch seconds: jobs that ended in [since, until))."""
+
+    users: tuple[str, ...] = ()
+    states: tuple[str, ...] = ()
+    since: float | None = None
+    until: float | None = None
+    limit: int = 100
+
+
+HISTORY_MAX = 10_000
+END_STATES = ("completed", "failed", "cancelled", "timeout")
+
+
+def _epoch(query: Mapping[str, list[str]], key: str) -> float | None:
+    v = _query_value(query, key)
+    if v is None:
+        return None
+    try:
+        t = float(v)
+    except ValueError:
+        raise InvalidInput(f"{key} must be epoch seconds.") from None
+    if not math.isfinite(t):
+        raise InvalidInput(f"{key} must be a finite number of epoch seconds.")
+    return t
+
+
+def parse_history_query(query: Mapping[str, list[str]]) -> HistoryQuery:
+    _refuse_unknown_query(query, ("user", "state", "since", "until", "limit"))
+    users = tuple(check_text(u, "user", 256, allow_control=False) for u in query.get("user", []))
+    states = tuple(query.get("state", []))
+    bad = sorted(set(states) - set(END_STATES))
+    if bad:
+        raise InvalidInput(f"state {_clip(', '.join(bad))} is not an end state: give {', '.join(END_STATES)}.")
+    v = _query_value(query, "limit")
+    limit = 100 if v is None else check_int(int(v) if v.isascii() and v.isdigit() and len(v) < 10 else -1,
+                                            "limit", 1, HISTORY_MAX)
+    return HistoryQuery(users=users, states=states, since=_epoch(query, "since"), until=_epoch(query, "until"),
+                        limit=limit)

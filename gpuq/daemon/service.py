@@ -6,13 +6,17 @@ a request body never says who is asking.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pwd
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 from gpuq.config import DaemonConfig
-from gpuq.daemon.schema import SubmitRequest
+from gpuq.daemon.arrays import PLACEHOLDER, expand_ids, member_ref, parse_array, substitute
+from gpuq.daemon.history import history as finished_history
+from gpuq.daemon.logtail import tail_offset
+from gpuq.daemon.schema import HistoryQuery, JobRef, SubmitRequest
 from gpuq.daemon.usercheck import resolve_as
 from gpuq.errors import GpuqError, InvalidInput, PermissionDenied, StateDirectoryFull, WouldNeverFit
 from gpuq.gpus import snapshot_to_dict
@@ -103,21 +107,53 @@ class Service:
                                    "across users); give 0 or a negative priority to let your other jobs go first.")
         resources = Resources(gpus=req.gpus, mem_mib=req.gpu_mem_mib, fraction=req.fraction, exclusive=req.exclusive)
         self._check_free_space()
-        argv = resolve_as(caller.uid, caller.gid, caller.groups, req.argv, req.cwd, req.env)
+        per_element = req.commands is not None or (req.array is not None and PLACEHOLDER in req.argv[0])
+        argv = req.argv if per_element else resolve_as(caller.uid, caller.gid, caller.groups, req.argv, req.cwd,
+                                                       req.env)
         spec = JobSpec(argv=argv, cwd=req.cwd, env=dict(req.env), name=req.name, priority=req.priority,
-                       after=req.after, time_limit_s=req.time_limit_s, checkpointable=req.checkpointable,
-                       resources=resources)
-        for dep in req.after:
-            self.store.get(dep)  # raises JobNotFound with a clear sentence
+                       after=self._dependencies(req.after, "--after"), time_limit_s=req.time_limit_s,
+                       checkpointable=req.checkpointable, resources=resources,
+                       after_any=self._dependencies(req.after_any, "--after-any"),
+                       after_notok=self._dependencies(req.after_notok, "--after-notok"), notify=req.notify)
         why = never_fits(resources, self.store.nodes())
         if why is not None:
             raise WouldNeverFit(f"this job could never run: {why}; ask for less.")
         now = self.clock()
+        if req.array is not None or req.commands is not None:
+            return self._submit_array(caller, req, spec, now)
         job = self.store.submit(
             lambda job_id: Job(id=job_id, spec=spec, owner=caller.owner(), state=JobState.PENDING, submitted_at=now),
             now, uid=caller.uid, max_queued=self.max_pending(caller.user),
         )
         return {"id": job.id, "job": self._public(job, caller, now), "notes": list(req.notes)}
+
+    def _dependencies(self, refs: Sequence[JobRef], what: str) -> tuple[int, ...]:
+        """The job ids of one kind of dependency (each must exist); an array id stands for all its jobs."""
+        return tuple(expand_ids(refs, self.store.get, self.store.get_many, what))
+
+    def _submit_array(self, caller: Caller, req: SubmitRequest, spec: JobSpec, now: float) -> dict[str, Any]:
+        """One request, many jobs: ``--array`` over one command, or ``--from FILE`` (one per line)."""
+        indices, limit = parse_array(req.array or "", len(req.commands) if req.commands is not None else None)
+        argvs: list[tuple[str, ...]] = []
+        for i in indices:
+            if req.commands is not None:
+                argvs.append(resolve_as(caller.uid, caller.gid, caller.groups, req.commands[i], req.cwd, req.env))
+            elif spec.argv is req.argv and PLACEHOLDER in req.argv[0]:
+                argvs.append(resolve_as(caller.uid, caller.gid, caller.groups, substitute(req.argv, i), req.cwd,
+                                        req.env))
+            else:
+                argvs.append(tuple(substitute(spec.argv, i)))
+        owner = caller.owner()
+
+        def build(first: int) -> list[Job]:
+            return [Job(id=first + n, owner=owner, state=JobState.PENDING, submitted_at=now,
+                        spec=dataclasses.replace(spec, argv=argv, array=member_ref(first, i, len(indices), limit)))
+                    for n, (i, argv) in enumerate(zip(indices, argvs))]
+
+        jobs = self.store.submit_many(len(indices), build, now, uid=caller.uid,
+                                      max_queued=self.max_pending(caller.user))
+        return {"id": jobs[0].id, "array_id": jobs[0].id, "ids": [j.id for j in jobs], "limit": limit,
+                "indices": indices, "notes": list(req.notes)}
 
     # ---- read ---------------------------------------------------------------------------------
 
@@ -131,9 +167,9 @@ class Service:
             d["display_name"] = job.spec.name or "(hidden)"
             d["hidden"] = True
         if job.state is JobState.RUNNING and job.started_at is not None:
-            d["elapsed_s"] = now - job.started_at
-        elif job.state.terminal and job.ended_at is not None and job.last_run_s:
-            d["elapsed_s"] = job.last_run_s
+            d["elapsed_s"] = job.total_run_s + (now - job.started_at)  # every run, this one included
+        elif job.total_run_s:
+            d["elapsed_s"] = job.total_run_s
         if reasons is not None and job.id in reasons:
             d["reason"] = reasons[job.id]
         elif job.state is JobState.HELD:
@@ -195,24 +231,59 @@ class Service:
             data = b""
         return data, max(0, offset) + len(data), job
 
+    def lookup(self, caller: Caller, refs: Sequence[JobRef]) -> list[dict[str, Any]]:
+        """The jobs that job ids, array ids and ``ARRAY_INDEX`` name (no environments)."""
+        now = self.clock()
+        reasons = self.store.reasons()
+        wanted = expand_ids(refs, self.store.get, self.store.get_many, "job ids")
+        return [self._public(j, caller, now, reasons, with_env=False) for j in self.store.get_many(wanted)]
+
+    def log_tail_offset(self, caller: Caller, job_id: int, lines: int) -> int:
+        """Where the last ``lines`` lines of the job's log begin (`gpuq logs --tail N`)."""
+        job = self.store.get(job_id)
+        if not caller.is_root and caller.uid != job.owner.uid:
+            raise PermissionDenied(f"job {job_id} belongs to {job.owner.user}: only its owner or root may read its log.")
+        return tail_offset(self.cfg.paths.job_log(job_id), lines)
+
+    def history(self, caller: Caller, query: HistoryQuery) -> dict[str, Any]:
+        """Finished jobs, newest first (`gpuq history`); commands hidden as status hides them."""
+        rows = finished_history(self.store, query)
+        if not self.cfg.show_others_commands and not caller.is_root:
+            for r in rows:
+                if r["user"] != caller.user:
+                    r["name"] = r["given_name"] or "(hidden)"
+        for r in rows:
+            r.pop("given_name", None)
+        return {"jobs": rows}
+
     # ---- change -------------------------------------------------------------------------------
 
-    def _act(self, caller: Caller, ids: Sequence[int], verb: str,
+    def _act(self, caller: Caller, refs: Sequence[JobRef], verb: str,
              change: Callable[[Job], Job | None]) -> list[dict[str, Any]]:
-        out = []
-        for job_id in ids:
+        out: list[dict[str, Any]] = []
+        for ref in refs:
             try:
-                job = self.store.get(int(job_id))
-                self._may_change(caller, job, verb)
-                new = self.store.update(job.id, change, self.clock(), event=f"{verb} by {caller.user}")
-                final = new or self.store.get(job.id)
-                out.append({"id": job.id, "ok": True, "state": final.state.value,
-                            "stopping": final.stop_request is not None})
+                targets = expand_ids([ref], self.store.get, self.store.get_many, verb)  # an array id: all its jobs
             except GpuqError as e:
-                out.append({"id": job_id, "ok": False, "error": str(e), "status": e.http_status})
+                out.append({"id": ref, "ok": False, "error": str(e), "status": e.http_status})
+                continue
+            for job_id in targets:
+                out.append(self._act_one(caller, job_id, verb, change))
         return out
 
-    def cancel(self, caller: Caller, ids: Sequence[int]) -> list[dict[str, Any]]:
+    def _act_one(self, caller: Caller, job_id: int, verb: str, change: Callable[[Job], Job | None]) -> dict[str, Any]:
+        try:
+            job = self.store.get(job_id)
+            self._may_change(caller, job, verb)
+            new = self.store.update(job.id, change, self.clock(), event=f"{verb} by {caller.user}")
+            final = new or self.store.get(job.id)
+            return {"id": job.id, "ok": True, "state": final.state.value, "changed": new is not None,
+                    "stopping": final.stop_request is not None,
+                    "stop_kind": final.stop_request.kind.value if final.stop_request is not None else None}
+        except GpuqError as e:
+            return {"id": job_id, "ok": False, "error": str(e), "status": e.http_status}
+
+    def cancel(self, caller: Caller, ids: Sequence[JobRef]) -> list[dict[str, Any]]:
         now = self.clock()
 
         def change(j: Job) -> Job | None:
@@ -226,7 +297,7 @@ class Service:
 
         return self._act(caller, ids, "cancel", change)
 
-    def hold(self, caller: Caller, ids: Sequence[int]) -> list[dict[str, Any]]:
+    def hold(self, caller: Caller, ids: Sequence[JobRef]) -> list[dict[str, Any]]:
         def change(j: Job) -> Job | None:
             if j.state is JobState.HELD:
                 return None
@@ -236,7 +307,7 @@ class Service:
 
         return self._act(caller, ids, "hold", change)
 
-    def release(self, caller: Caller, ids: Sequence[int]) -> list[dict[str, Any]]:
+    def release(self, caller: Caller, ids: Sequence[JobRef]) -> list[dict[str, Any]]:
         def change(j: Job) -> Job | None:
             if j.state is JobState.PENDING:
                 return None
@@ -246,7 +317,7 @@ class Service:
 
         return self._act(caller, ids, "release", change)
 
-    def requeue(self, caller: Caller, ids: Sequence[int]) -> list[dict[str, Any]]:
+    def requeue(self, caller: Caller, ids: Sequence[JobRef]) -> list[dict[str, Any]]:
         now = self.clock()
 
         def change(j: Job) -> Job | None:

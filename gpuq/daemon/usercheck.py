@@ -52,6 +52,8 @@ def resolve_command(argv: Sequence[str], cwd: str, env: Mapping[str, str]) -> tu
         if not os.access(exe, os.X_OK):
             raise InvalidInput(f"{first} is not executable: run `chmod +x {first}` or submit it as `-- bash {first}`.")
         return (exe, *argv[1:])
+    if os.path.isfile(os.path.join(cwd, first)):  # `gpuq submit run.sh` runs ./run.sh, as sbatch does
+        return resolve_command((f"./{first}", *argv[1:]), cwd, env)
     exe = shutil.which(first, path=path)
     if exe is None:
         raise InvalidInput(f"command {first!r} is not on your PATH and is not a file in {cwd}: check the name.")

@@ -127,6 +127,18 @@ class Owner:
 
 
 @dataclass(frozen=True)
+class ArrayMember:
+    """This job is element ``index`` of job array ``array_id`` (the id of the array's first job;
+    the array's jobs have the consecutive ids ``array_id .. array_id + size - 1``).  ``limit``:
+    at most this many of the array's jobs run at once (``--array 0-99%8``); None: no limit."""
+
+    array_id: int
+    index: int
+    size: int
+    limit: int | None = None
+
+
+@dataclass(frozen=True)
 class JobSpec:
     """What the user asked to run.  ``argv`` is the final command (interpreter resolved)."""
 
@@ -139,6 +151,10 @@ class JobSpec:
     time_limit_s: float | None = None
     checkpointable: bool = False
     resources: Resources = field(default_factory=Resources)
+    after_any: tuple[int, ...] = ()  # starts once these ended, however they ended
+    after_notok: tuple[int, ...] = ()  # starts once these ended without success
+    array: ArrayMember | None = None
+    notify: str = ""  # shell command run as the owner when the job ends (gpuq/workers/notify.py)
 
     def __post_init__(self) -> None:
         if not self.argv:
@@ -272,6 +288,9 @@ def job_to_dict(job: Job, with_env: bool = True) -> dict[str, Any]:
             "argv": list(spec.argv), "cwd": spec.cwd, "name": spec.name, "priority": spec.priority,
             "after": list(spec.after), "time_limit_s": spec.time_limit_s,
             "checkpointable": spec.checkpointable,
+            "after_any": list(spec.after_any) or None, "after_notok": list(spec.after_notok) or None,
+            "array": None if spec.array is None else _drop_none(dataclasses.asdict(spec.array)),
+            "notify": spec.notify or None,
             "resources": _drop_none({"gpus": r.gpus, "mem_mib": r.mem_mib, "fraction": r.fraction,
                                      "exclusive": r.exclusive}),
         }),
@@ -306,7 +325,7 @@ class BadRecord(ValueError):
 
 
 def _obj(v: Any, what: str) -> Mapping[str, Any]:
-    if not isinstance(v, Mapping):
+    if not isinstance(v, dict):  # a record is parsed JSON: objects are dicts
         raise BadRecord(f"{what} is not an object")
     return v
 
@@ -370,7 +389,10 @@ def _job_from_dict(d: Mapping[str, Any]) -> Job:
     p = d.get("placement")
     sr = d.get("stop_request")
     pr = d.get("progress")
+    ar = s.get("array")
     env = _obj(s.get("env", {}), "spec.env")
+    if not all(type(k) is str and type(v) is str for k, v in env.items()):
+        raise BadRecord("spec.env does not map names to text")
     return Job(
         id=_int(d["id"], "id"),
         state=JobState(d["state"]),
@@ -381,12 +403,19 @@ def _job_from_dict(d: Mapping[str, Any]) -> Job:
         spec=JobSpec(
             argv=_strs(s.get("argv", ()), "spec.argv"),
             cwd=_str(s.get("cwd", "/"), "spec.cwd"),
-            env={_str(k, "spec.env"): _str(v, "spec.env") for k, v in env.items()},
+            env=dict(env),
             name=_str(s.get("name", ""), "spec.name"),
             priority=_int(s.get("priority", 0), "spec.priority"),
             after=tuple(_int(a, "spec.after") for a in s.get("after", ())),
             time_limit_s=_opt_num(s.get("time_limit_s"), "spec.time_limit_s"),
             checkpointable=bool(s.get("checkpointable", False)),
+            after_any=tuple(_int(a, "spec.after_any") for a in s.get("after_any", ())),
+            after_notok=tuple(_int(a, "spec.after_notok") for a in s.get("after_notok", ())),
+            array=None if ar is None else ArrayMember(
+                array_id=_int(_obj(ar, "spec.array")["array_id"], "spec.array.array_id"),
+                index=_int(ar["index"], "spec.array.index"), size=_int(ar["size"], "spec.array.size"),
+                limit=_opt_int(ar.get("limit"), "spec.array.limit")),
+            notify=_str(s.get("notify", ""), "spec.notify"),
             resources=Resources(gpus=_int(r.get("gpus", 1), "gpus"), mem_mib=_opt_int(r.get("mem_mib"), "mem_mib"),
                                 fraction=_opt_num(r.get("fraction"), "fraction"),
                                 exclusive=bool(r.get("exclusive", False))),

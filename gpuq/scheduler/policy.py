@@ -23,6 +23,7 @@ from gpuq.gpus import NodeSnapshot
 from gpuq.jobs.model import Job, JobState, Placement
 from gpuq.scheduler.backfill import HeadHold, hold_for_head
 from gpuq.scheduler.config import PolicyConfig, UserLimits
+from gpuq.scheduler.dependencies import ArrayThrottle, dependency_reason
 from gpuq.scheduler.fairshare import ShareState, ongoing_usage, share_states, usage_values
 from gpuq.scheduler.ordering import PendingIndex
 from gpuq.scheduler.placement import Cluster, Shape, make_placement, never_fits
@@ -53,16 +54,13 @@ class Plan:
     reasons: Mapping[int, str] = field(default_factory=dict)
 
 
-def dependency_reason(job: Job, finished: Mapping[int, JobState]) -> str | None:
-    """None when every ``--after`` job completed; else why the job waits."""
-    for dep in job.spec.after:
-        state = finished.get(dep)
-        if state is JobState.COMPLETED:
-            continue
-        if state is not None and state.terminal:
-            return f"after job {dep}, which ended {state.value}: it will never start; cancel it"
-        return f"after job {dep}"
-    return None
+def waits_for_other_jobs(job: Job, finished: Mapping[int, JobState], throttle: ArrayThrottle) -> str | None:
+    """Dependencies (--after, --after-any, --after-notok) and array throttles (--array ...%N)."""
+    if job.spec.after or job.spec.after_any or job.spec.after_notok:
+        dep = dependency_reason(job, finished)
+        if dep is not None:
+            return dep
+    return throttle.reason(job)
 
 
 def fairshare_states(pending: Iterable[Job] | PendingIndex, running: Sequence[Job],
@@ -125,6 +123,7 @@ class _Cycle:
         self.states: dict[str, ShareState] = \
             fairshare_states(self.index, running, usage, config, now) if config.uses_fairshare else {}
         self.limits = _UserLimits(config, running)
+        self.throttle = ArrayThrottle(running)
         self.starts: list[Start] = []
         self.reasons: dict[int, str] = {}
         self.blocked: list[Job] = []  # the first PREEMPT_CANDIDATES that could not start
@@ -153,7 +152,9 @@ class _Cycle:
         time_left_s, wait = accounting.time_left_s, self._wait
         for job in self._in_order():
             shape = shapes[job.id]
-            if job.state is not plain_pending or job.spec.after or checks or never.get(shape, "") is not None:
+            spec = job.spec
+            if job.state is not plain_pending or checks or spec.after or spec.after_any or spec.after_notok or \
+                    spec.array is not None or never.get(shape, "") is not None:
                 why = self._not_eligible(job, shape)
                 if why is not None:
                     reasons[job.id] = why
@@ -216,10 +217,9 @@ class _Cycle:
         """Why the job may not start whatever the GPUs: held, dependencies, never fits, limit."""
         if job.state is JobState.HELD:
             return "held"
-        if job.spec.after:
-            dep = dependency_reason(job, self.finished)
-            if dep is not None:
-                return dep
+        wait = waits_for_other_jobs(job, self.finished, self.throttle)
+        if wait is not None:
+            return wait
         never = self.never.get(shape, "")
         if never == "":
             never = self.never[shape] = never_fits(job.spec.resources, self.nodes, self.config.gang)
@@ -255,6 +255,7 @@ class _Cycle:
                 cluster.reserve(placement, end_at)
                 self.starts.append(Start(job.id, placement))
                 self.limits.started(job)
+                self.throttle.started(job)
                 return
             why = cluster.why_not(res) if self.explain else "-"
             self.failed.add(shape, may_use_held, why)
@@ -289,6 +290,7 @@ class _Cycle:
             return False
         self.cluster.take_cpu(node)
         self.limits.started(job)
+        self.throttle.started(job)
         self.starts.append(Start(job.id, Placement(node=node)))
         return True
 

@@ -1,8 +1,9 @@
-"""The node agent: probe the GPUs, publish the snapshot, keep RQ workers ready, and
-reconcile what the store says with what is really running on this node."""
+"""The node agent: probe the GPUs, publish the snapshot, keep a few RQ workers ready, watch the
+supervisors of this node's jobs, police GPU memory over-use, and reconcile at start."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -18,50 +19,33 @@ from gpuq import keys
 from gpuq.config import DaemonConfig
 from gpuq.jobs.model import Job, JobState, StopKind, StopRequest
 from gpuq.store import Store
-from gpuq.workers.launcher import group_alive, kill_group
-from gpuq.workers.probe import Probe, session_of
+from gpuq.workers import reconcile
+from gpuq.workers.cgroup import Containment
+from gpuq.workers.launcher import WorkerContext, worker_env
+from gpuq.workers.overuse import OveruseWatch, find_overuse, with_overuse
+from gpuq.workers.probe import Probe
 
 log = logging.getLogger("gpuq.agent")
 
 
-def _process_start_epoch(pid: int) -> float | None:
-    """When ``pid`` started (epoch seconds), from /proc; None if it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[-1].split()
-        with open("/proc/stat", "rb") as f:
-            btime = next(int(line.split()[1]) for line in f if line.startswith(b"btime"))
-    except (OSError, StopIteration, ValueError, IndexError):
-        return None
-    return btime + int(fields[19]) / os.sysconf("SC_CLK_TCK")
-
-
-def is_job_process(job: Job, tolerance_s: float = 30.0) -> bool:
-    """Is ``job.pid`` still this job's process-group leader?  After a reboot or a pid wrap the
-    number may belong to someone else's session: check session, owner and start time."""
-    pid = job.pid
-    if not pid or job.started_at is None or session_of(pid) != pid:
-        return False
-    try:
-        if os.stat(f"/proc/{pid}").st_uid != job.owner.uid:
-            return False
-    except OSError:
-        return False
-    started = _process_start_epoch(pid)
-    return started is not None and abs(started - job.started_at) <= tolerance_s
-
-
 class NodeAgent:
-    def __init__(self, store: Store, cfg: DaemonConfig, probe: Probe, redis_url: str,
-                 clock: Callable[[], float] = time.time):
+    def __init__(self, store: Store, cfg: DaemonConfig, probe: Probe, redis_url: str, containment: Containment,
+                 containment_note: str = "", clock: Callable[[], float] = time.time):
         self.store = store
         self.cfg = cfg
         self.probe = probe
         self.redis_url = redis_url
+        self.containment = containment
+        self.containment_note = containment_note
         self.clock = clock
         self.workers: list[subprocess.Popen] = []
         self._last_used: tuple[int, ...] | None = None
         self.stopping = False
+        self.overuse = OveruseWatch(store, cfg.overuse, cfg.overuse_grace_s)
+        self.ctx = WorkerContext(
+            node=cfg.node, paths=cfg.paths, grace_s=cfg.grace_s, simulated=probe.simulated, redis_url=redis_url,
+            containment=containment, log_cap_bytes=cfg.log_cap_mib * 2**20, gpu_minors=tuple(probe.gpu_minors()),
+        )
 
     # ---- what runs here -----------------------------------------------------------------------
 
@@ -74,26 +58,35 @@ class NodeAgent:
         if self.stopping:
             return
         now = self.clock()
+        home = self.cfg.paths.home
+        reconcile.reap_supervisors(home)
         mine = self.my_running()
+        ended = set(reconcile.check_supervisors(self.store, home, self.containment, mine, now))
+        if ended:
+            mine = [j for j in mine if j.id not in ended]
+        reconcile.sweep_leftovers(home, self.containment, {j.id: j for j in mine})
         sessions = {j.pid: (j.id, j.owner.user) for j in mine if j.pid}
         snap = self.probe.snapshot(self.cfg.node, now, sessions)
+        over = find_overuse(snap, mine)
+        self.overuse.police(over, {j.id for j in mine}, now)
+        snap = dataclasses.replace(with_overuse(snap, over), cpu_slots=self.cfg.cpu_slots,
+                                   containment=self.containment_note, warnings=tuple(o.sentence() for o in over))
         self.store.put_node(snap, ttl_s=self.cfg.node_ttl_s)
         used = tuple(g.mem_used_mib for g in snap.gpus)
         if self._last_used is not None and used != self._last_used:
             self.store.wake("gpu memory changed")  # memory was freed or taken: plan again now
         self._last_used = used
-        self.ensure_workers(len(mine))
+        self.ensure_workers()
 
     def _worker_env(self) -> dict[str, str]:
         env = dict(os.environ)
-        env.update(GPUQ_NODE=self.cfg.node, GPUQ_HOME=str(self.cfg.home), GPUQ_GRACE_S=str(self.cfg.grace_s),
-                   GPUQ_SIMULATED="1" if self.probe.simulated else "0", GPUQ_WORKER_REDIS_URL=self.redis_url)
+        env.update(worker_env(self.ctx))
         return env
 
-    def ensure_workers(self, running_here: int) -> None:
-        """One worker per job running here, plus spares so the next placement starts at once."""
+    def ensure_workers(self) -> None:
+        """A few workers: each launch takes milliseconds, so they serve any number of jobs."""
         self.workers = [w for w in self.workers if w.poll() is None]
-        want = min(self.cfg.max_workers, running_here + self.cfg.spare_workers)
+        want = min(self.cfg.max_workers, self.cfg.spare_workers)
         while len(self.workers) < want:
             w = subprocess.Popen(
                 [sys.executable, "-m", "gpuq.workers.rqworker", keys.rq_queue_name(self.cfg.node)],
@@ -104,58 +97,62 @@ class NodeAgent:
     # ---- recovery -----------------------------------------------------------------------------
 
     def reconcile_on_start(self) -> None:
-        """Jobs the store says run here, from a daemon that is gone: put them back in the queue
-        first (so a supervisor that outlived the daemon cannot record over it), then stop what is
-        left of them, keeping the evidence in their events."""
+        """After a restart (clean, crash or upgrade): adopt every job whose supervisor lives, end
+        those whose supervisor is gone, and send unclaimed placements back to pending (the RQ
+        queue is emptied; the scheduler places them again)."""
         now = self.clock()
         Queue(keys.rq_queue_name(self.cfg.node), connection=self.store.r, serializer=JSONSerializer).empty()
         # a full scan once at start (not the per-node index), so nothing placed here is missed
         mine = [j for j in self.store.active_jobs()
                 if j.state is JobState.RUNNING and j.placement is not None and j.placement.node == self.cfg.node]
         for job in mine:
-            reason = ("interrupted: the daemon restarted while it ran; requeued" if job.started_at
-                      else "placed but not started before the daemon restarted; requeued")
-            self.store.update(
-                job.id,
-                lambda j, job=job, reason=reason: j.transition(
-                    JobState.PENDING, requeues=j.requeues + (1 if j.started_at else 0), end_reason=reason)
-                if j.state is JobState.RUNNING and j.started_at == job.started_at else None,
-                now, event=reason,
-            )
-            if job.pid and is_job_process(job):
-                kill_group(job.pid, signal.SIGTERM)
-                deadline = time.monotonic() + self.cfg.grace_s
-                while group_alive(job.pid) and time.monotonic() < deadline:
-                    time.sleep(0.1)
-                kill_group(job.pid, signal.SIGKILL)
-            log.warning("job %s: %s", job.id, reason)
+            if job.started_at is None:
+                reason = "placed but not claimed before the daemon restarted; back to pending"
+                self.store.update(
+                    job.id, lambda j: j.transition(JobState.PENDING, end_reason=reason)
+                    if j.state is JobState.RUNNING and j.started_at is None else None, now, event=reason)
+        started = [j for j in mine if j.started_at is not None]
+        # a supervisor being forked right now has no record yet: the tick's grace covers it
+        reconcile.check_supervisors(self.store, self.cfg.paths.home, self.containment, started, now, adopting=True)
+        alive = {j.id: j for j in self.my_running()}
+        swept = reconcile.sweep_leftovers(self.cfg.paths.home, self.containment, alive)
+        for job_id in swept:
+            log.warning("job %s: killed processes left in its cgroup by a run that is no longer current", job_id)
 
     # ---- shutdown -----------------------------------------------------------------------------
 
-    def shutdown(self, grace_s: float) -> None:
-        """Stop this node's jobs (they go back to pending), then the workers."""
+    def drain(self, grace_s: float) -> None:
+        """Stop this node's jobs: each goes back to pending (checkpointable ones resume)."""
         now = self.clock()
-        self.store.drop_node(self.cfg.node)  # nothing new is placed here from now on
-        self.stopping = True
 
         def stop(j: Job) -> Job | None:
             if j.state is not JobState.RUNNING:
                 return None
             if j.started_at is None:  # decided inside the transaction: a claim cannot slip between
-                return j.transition(JobState.PENDING, end_reason="daemon stopped before it started")
+                return j.transition(JobState.PENDING, end_reason="the daemon drained before it started")
             if j.stop_request is not None:
                 return None
-            return j.with_changes(stop_request=StopRequest(StopKind.SHUTDOWN, now, "daemon"))
+            return j.with_changes(stop_request=StopRequest(StopKind.SHUTDOWN, now, "gpuq daemon --drain"))
 
         for job in self.my_running():
-            self.store.update(job.id, stop, now, event="daemon stopping: SIGTERM, then back to pending")
+            self.store.update(job.id, stop, now, event="daemon draining: SIGTERM, then back to pending")
         deadline = time.monotonic() + grace_s + 10
         while self.my_running() and time.monotonic() < deadline:
             time.sleep(0.1)
-        for job in self.my_running():  # a supervisor that did not manage: kill the job ourselves
-            if job.pid and is_job_process(job):
-                log.warning("job %s: still running after the grace period: SIGKILL", job.id)
-                kill_group(job.pid, signal.SIGKILL)
+        # a supervisor that did not manage: the daemon ends the run itself
+        reconcile.check_supervisors(self.store, self.cfg.paths.home, self.containment,
+                                    [j for j in self.my_running() if j.started_at is not None], self.clock())
+        for job in self.my_running():
+            log.warning("job %s: still running after the drain's grace period: killing it", job.id)
+            reconcile.kill_run(self.containment, job)
+
+    def shutdown(self, grace_s: float, drain: bool) -> None:
+        """Stop the workers.  Running jobs keep running under their supervisors (a new daemon
+        adopts them), unless ``drain``."""
+        self.store.drop_node(self.cfg.node)  # nothing new is placed here from now on
+        self.stopping = True
+        if drain:
+            self.drain(grace_s)
         for w in self.workers:
             if w.poll() is None:
                 w.send_signal(signal.SIGTERM)

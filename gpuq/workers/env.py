@@ -15,6 +15,8 @@ The contract with training scripts (and with ``gpuq.jobs.tf``):
 ``GPUQ_PROGRESS_FILE``         where the runtime writes progress JSON for ``gpuq status``
 ``GPUQ_REQUEUE_EXIT_CODE``     the exit status meaning "checkpointed, requeue me" (75)
 ``GPUQ_RESTART_COUNT``         how many times the job was requeued before this run
+``GPUQ_ARRAY_ID``              array jobs only: the array's id (its first job's id)
+``GPUQ_ARRAY_INDEX``           array jobs only: this job's index in the array (``--array 0-99``)
 ``GPUQ_SIMULATED_GPU_DIR``     only on simulated GPUs: where a process declares memory it "uses"
 =============================  ===============================================================
 """
@@ -30,7 +32,7 @@ DROPPED_VARS = frozenset({
     "CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "TF_FORCE_GPU_ALLOW_GROWTH", "PYTORCH_ALLOC_CONF",
     "PYTORCH_CUDA_ALLOC_CONF", "XLA_PYTHON_CLIENT_PREALLOCATE", "XLA_PYTHON_CLIENT_MEM_FRACTION",
     "GPUQ_GPU_MEM_MIB", "GPUQ_GPU_MEM_FRACTION", "GPUQ_JOB_ID", "GPUQ_CHECKPOINT_DIR", "GPUQ_PROGRESS_FILE",
-    "GPUQ_SIMULATED_GPU_DIR", "GPUQ_RESTART_COUNT", "GPUQ_REQUEUE_EXIT_CODE",
+    "GPUQ_SIMULATED_GPU_DIR", "GPUQ_RESTART_COUNT", "GPUQ_REQUEUE_EXIT_CODE", "GPUQ_ARRAY_ID", "GPUQ_ARRAY_INDEX",
     "TERM_SESSION_ID", "SSH_AUTH_SOCK", "SSH_AGENT_PID", "WINDOWID", "DISPLAY", "XAUTHORITY",
 })
 
@@ -62,6 +64,9 @@ def build_job_env(
     env["GPUQ_PROGRESS_FILE"] = progress_file
     env["GPUQ_REQUEUE_EXIT_CODE"] = str(REQUEUE_EXIT_CODE)
     env["GPUQ_RESTART_COUNT"] = str(job.requeues)
+    if job.spec.array is not None:
+        env["GPUQ_ARRAY_ID"] = str(job.spec.array.array_id)
+        env["GPUQ_ARRAY_INDEX"] = str(job.spec.array.index)
     if simulated_gpu_dir is not None:
         env["GPUQ_SIMULATED_GPU_DIR"] = simulated_gpu_dir
     env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")

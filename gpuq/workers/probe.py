@@ -14,6 +14,7 @@ from typing import Mapping, Protocol
 from gpuq.errors import InvalidInput, NoGpuInventory
 from gpuq.gpus import GpuInfo, GpuProcess, NodeSnapshot
 from gpuq.units import parse_size_mib
+from gpuq.workers.cgroup import cgroup_job_of
 
 #: session id (= job leader pid) -> (job id, user)
 JobSessions = Mapping[int, tuple[int, str]]
@@ -23,6 +24,8 @@ class Probe(Protocol):
     simulated: bool
 
     def snapshot(self, node: str, now: float, sessions: JobSessions) -> NodeSnapshot: ...
+
+    def gpu_minors(self) -> list[tuple[str, int]]: ...
 
     def close(self) -> None: ...
 
@@ -40,10 +43,17 @@ def session_of(pid: int) -> int | None:
 
 
 def attribute(pid: int, used_mib: int | None, sessions: JobSessions) -> GpuProcess:
+    """The gpuq job a GPU process belongs to: by its session, else by its cgroup (a process that
+    left the job's session is still in the job's cgroup)."""
     sid = session_of(pid)
     if sid is not None and sid in sessions:
         job_id, user = sessions[sid]
         return GpuProcess(pid=pid, used_mib=used_mib, job_id=job_id, user=user)
+    in_cgroup = cgroup_job_of(pid)
+    if in_cgroup is not None:
+        for job_id, user in sessions.values():
+            if job_id == in_cgroup:
+                return GpuProcess(pid=pid, used_mib=used_mib, job_id=job_id, user=user)
     return GpuProcess(pid=pid, used_mib=used_mib, user=_owner_of(pid))
 
 
@@ -108,6 +118,21 @@ class NvmlProbe:
             gpus.append(GpuInfo(index=i, uuid=uuid, name=name, mem_total_mib=int(mem.total // 2**20),
                                 mem_used_mib=int(mem.used // 2**20), util_pct=util, processes=tuple(procs)))
         return NodeSnapshot(node=node, gpus=tuple(gpus), probed_at=now, simulated=False)
+
+    def gpu_minors(self) -> list[tuple[str, int]]:
+        """(UUID, /dev/nvidiaN minor) of every GPU, for the devices controller."""
+        nv = self.nv
+        out = []
+        for i in range(nv.nvmlDeviceGetCount()):
+            h = nv.nvmlDeviceGetHandleByIndex(i)
+            uuid = nv.nvmlDeviceGetUUID(h)
+            uuid = uuid.decode() if isinstance(uuid, bytes) else uuid
+            try:
+                minor = int(nv.nvmlDeviceGetMinorNumber(h))
+            except nv.NVMLError:
+                minor = i
+            out.append((uuid, minor))
+        return out
 
     def close(self) -> None:
         try:
@@ -174,6 +199,10 @@ class SimulatedProbe:
             gpus.append(GpuInfo(index=i, uuid=uuid, name=f"SIMULATED GPU {total // 1024} GiB", mem_total_mib=total,
                                 mem_used_mib=min(used, total), util_pct=util, processes=procs, simulated=True))
         return NodeSnapshot(node=node, gpus=tuple(gpus), probed_at=now, simulated=True)
+
+    def gpu_minors(self) -> list[tuple[str, int]]:
+        """SIMULATED GPU i stands for /dev/nvidia<i> (char 195:i), as on most real machines."""
+        return [(u, i) for i, u in enumerate(self.uuids)]
 
     def close(self) -> None:
         pass

@@ -6,7 +6,8 @@ The Redis URL comes through the environment, never the command line: a URL may h
 server's password, and every local user can read command lines (only the owner can read environ).
 
 It runs with the JSON serializer and forks a work horse per job, in which
-:func:`gpuq.workers.launcher.run_job` supervises the job's process.
+:func:`gpuq.workers.launcher.run_job` claims a placement and forks the job's detached
+supervisor (milliseconds): a few workers serve any number of running jobs.
 """
 
 from __future__ import annotations

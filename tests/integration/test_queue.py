@@ -188,16 +188,16 @@ def test_logs_follow_ends_with_the_job(daemon, open_tmp):
     assert daemon.job(j)["state"] == "completed"
 
 
-def test_queue_survives_daemon_restart(make_daemon, open_tmp):
+def test_queue_survives_daemon_restart_and_the_running_job_keeps_running(make_daemon, open_tmp):
     d = make_daemon("--simulate-gpus", "1x24GiB", "--grace", "2s", "--node", "n1")
     _script(open_tmp)
-    running = d.submit("jobscript.py", "r.json", "30", cwd=open_tmp)
-    d.wait_state(running, "running")
+    running = d.submit("jobscript.py", "r.json", "0.1", cwd=open_tmp, env={"JOB_GATE": "go"})
+    pid = _wait_pid(d, running)
     waiting = d.submit("--gpu-mem", "4GiB", "--name", "waits", "jobscript.py", "w.json", "0.1", cwd=open_tmp)
     held = d.submit("jobscript.py", "h.json", "0.1", cwd=open_tmp)
     assert d.cli("hold", str(held)).rc == 0
     before = {j["id"]: j for j in d.cli("status", "--json").json()["jobs"]}
-    assert d.stop() == 0
+    assert d.stop() == 0  # SIGTERM: the daemon goes, the job stays
     assert not (d.home / "gpuq.sock").exists()
     assert d.cli("status").rc != 0  # really down
     redis_pid_alive = any(
@@ -206,6 +206,7 @@ def test_queue_survives_daemon_restart(make_daemon, open_tmp):
         for p in Path("/proc").iterdir() if p.name.isdigit() and (Path(p) / "cmdline").exists()
     )
     assert not redis_pid_alive, "the embedded redis-server outlived the daemon"
+    assert Path(f"/proc/{pid}").exists(), "the daemon's SIGTERM stopped a running job"
 
     d.args = ["--simulate-gpus", "1x24GiB", "--grace", "2s", "--node", "n1"]
     d.start()
@@ -213,11 +214,25 @@ def test_queue_survives_daemon_restart(make_daemon, open_tmp):
     assert set(after) == set(before)
     assert after[held]["state"] == "held"
     assert after[waiting]["spec"]["name"] == "waits"
-    # the job that was running went back to the queue and runs again
-    assert after[running]["requeues"] == 1
-    d.wait_state(running, "running")
+    # the job that was running was adopted: same run, same pid
+    assert after[running]["state"] == "running" and after[running]["pid"] == pid
+    assert after[running]["requeues"] == 0
+    assert any("adopted" in e["text"] for e in d.job(running)["events"])
+    (open_tmp / "go").touch()
+    job = d.wait_state(running, "completed", timeout=30)
+    assert sum(1 for e in job["events"] if e["text"].startswith("started pid")) == 1
     ids_after = d.submit("--gpus", "0", "--", "true", cwd=open_tmp)
     assert ids_after == max(before) + 1  # ids continue, nothing was reused
+
+
+def _wait_pid(d, job_id: int) -> int:
+    deadline = time.monotonic() + 30
+    job = d.job(job_id)
+    while not job.get("pid"):
+        assert time.monotonic() < deadline, job
+        time.sleep(0.1)
+        job = d.job(job_id)
+    return job["pid"]
 
 
 def test_exit_75_means_requeue_and_the_checkpoint_dir_survives(daemon, open_tmp):
@@ -237,30 +252,24 @@ def test_exit_75_means_requeue_and_the_checkpoint_dir_survives(daemon, open_tmp)
     assert "run 0 in" in log and "run 1 in" in log and "resumed from step-42" in log
 
 
-def test_daemon_killed_hard_then_restarted_requeues_its_jobs(make_daemon, open_tmp):
+def test_daemon_killed_hard_then_restarted_adopts_its_jobs(make_daemon, open_tmp):
     import signal as _signal
 
     d = make_daemon("--simulate-gpus", "1x24GiB", "--grace", "2s", "--node", "crash")
     _script(open_tmp)
     j = d.submit("--checkpointable", "jobscript.py", "r.json", "0.2", cwd=open_tmp, env={"JOB_GATE": "go"})
-    job = d.wait_state(j, "running")
-    deadline = time.monotonic() + 10
-    while not job.get("pid"):
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
-        job = d.job(j)
-    old_pid = job["pid"]
+    old_pid = _wait_pid(d, j)
     d.proc.send_signal(_signal.SIGKILL)  # no clean shutdown: the store still says "running"
     d.proc.wait(10)
     d.start()
     job = d.job(j)
     events = [e["text"] for e in job["events"]]
-    assert any("the daemon restarted while it ran" in e for e in events), events
-    assert not Path(f"/proc/{old_pid}").exists() or "Z" in Path(f"/proc/{old_pid}/stat").read_text().split(")")[-1][:3]
+    assert any("adopted by the new daemon" in e for e in events), events
+    assert job["state"] == "running" and job["pid"] == old_pid
     (open_tmp / "go").touch()
     job = d.wait_state(j, "completed", timeout=60)
-    assert job["requeues"] == 1
-    assert sum(1 for e in job["events"] if e["text"].startswith("started pid")) == 2
+    assert job["requeues"] == 0
+    assert sum(1 for e in job["events"] if e["text"].startswith("started pid")) == 1
     assert d.stop() == 0
     leftover = [p for p in Path("/proc").iterdir() if p.name.isdigit() and (p / "cmdline").exists()
                 and str(d.home) in (p / "cmdline").read_bytes().decode(errors="replace")]

@@ -54,7 +54,7 @@ try:
     out["mismatch"] = None
 except CheckpointError as e:
     out["mismatch"] = str(e)
-out["sigterm_default_again"] = signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+out["sigterm_after_failed_start"] = [signal.getsignal(signal.SIGTERM) == gq.GUARD._on_sigterm, gq.GUARD.phase.value]
 
 # No model at all: only the step counter and run.rng are checkpointed.
 bare = gq.TrainingRun(total_steps=3, checkpoint_dir=os.path.join(root, "b"))
@@ -62,6 +62,18 @@ draws = [float(bare.rng.uniform(())) for _ in bare.steps()]
 bare.finish()
 again = gq.TrainingRun(total_steps=3, checkpoint_dir=os.path.join(root, "b"))
 out["bare"] = {"draws": len(draws), "resumed_at": again.start_step, "left": len(list(again.steps()))}
+
+# A tf.data pipeline that cannot resume exactly is named in a warning; run.batches() feeds its batches.
+import io
+import tensorflow as tf
+log = io.StringIO()
+parallel = tf.data.Dataset.range(12).map(lambda v: v * 2, num_parallel_calls=2, deterministic=False).batch(3)
+run = gq.TrainingRun(epochs=2, data=parallel, checkpoint_dir=os.path.join(root, "c"), log=log)
+out["pipeline_warning"] = log.getvalue()
+out["pipeline"] = {"steps_per_epoch": run.steps_per_epoch, "total": run.total_steps,
+                   "batches": [sorted(b.numpy().tolist()) for _, b in run.batches()]}
+run.finish()
+out["phase_after_finish"] = gq.GUARD.phase.value
 print("RESULT " + json.dumps(out))
 """
 
@@ -92,7 +104,18 @@ def test_checkpoints_are_written_by_time_too(result: dict) -> None:
 def test_a_checkpoint_of_another_model_is_a_clear_error(result: dict) -> None:
     assert "does not match this model" in result["mismatch"]
     assert "delete the old checkpoints" in result["mismatch"]
-    assert result["sigterm_default_again"]  # the failed run does not leave SIGTERM swallowed
+    # the failed run does not leave SIGTERM swallowed: it exits 75 at once again, as before training
+    assert result["sigterm_after_failed_start"] == [True, "before-training"]
+
+
+def test_a_non_deterministic_pipeline_is_named_and_batches_come_from_the_dataset(result: dict) -> None:
+    assert "warning: this tf.data pipeline will not resume exactly" in result["pipeline_warning"]
+    assert "deterministic=False" in result["pipeline_warning"]
+    pipeline = result["pipeline"]
+    assert (pipeline["steps_per_epoch"], pipeline["total"]) == (4, 8)  # from the dataset's cardinality
+    assert sorted(v for b in pipeline["batches"][:4] for v in b) == [2 * v for v in range(12)]
+    assert len(pipeline["batches"]) == 8
+    assert result["phase_after_finish"] == "finished"
 
 
 def test_a_run_without_a_model_still_checkpoints_its_step(result: dict) -> None:

@@ -252,3 +252,29 @@ def test_las_starvation_guard_promotes_a_long_waiting_job():
     assert [s.job_id for s in on.starts] == [1]
     idx = PendingIndex(PolicyConfig(policy="las", las_starve_factor=1.0), [old, new])
     assert plan(idx, [], nodes, {}, PolicyConfig(policy="las", las_starve_factor=1.0), 100000.0) == on
+
+
+def test_after_any_after_notok_and_array_throttle():
+    from gpuq.jobs.model import ArrayMember, JobSpec
+    from gpuq.scheduler.dependencies import dependency_never
+
+    nodes = [node("a", 4)]
+
+    def dep_job(i, **kw):
+        j = job(i, gpus=1)
+        return j.with_changes(spec=JobSpec(argv=j.spec.argv, cwd="/", resources=j.spec.resources, **kw))
+
+    any_ = dep_job(2, after_any=(12,))
+    notok = dep_job(3, after_notok=(12,))
+    p = plan([any_, notok], [], nodes, {}, PolicyConfig(), 0.0, finished={})
+    assert p.reasons == {2: "after-any job 12", 3: "after-notok job 12"}
+    p = plan([any_, notok], [], nodes, {}, PolicyConfig(), 0.0, finished={12: JobState.CANCELLED})
+    assert sorted(s.job_id for s in p.starts) == [2, 3]
+    assert "never start" in plan([notok], [], nodes, {}, PolicyConfig(), 0.0, finished={12: JobState.COMPLETED}).reasons[3]
+    assert dependency_never(notok, {12: JobState.COMPLETED}) is not None
+    assert dependency_never(any_, {12: JobState.FAILED}) is None
+
+    members = [dep_job(10 + i, array=ArrayMember(array_id=10, index=i, size=4, limit=2)) for i in range(4)]
+    p = plan(members, [], nodes, {}, PolicyConfig(), 0.0)
+    assert [s.job_id for s in p.starts] == [10, 11]
+    assert "at most 2 at once" in p.reasons[12] and "at most 2 at once" in p.reasons[13]

@@ -13,7 +13,8 @@ cheap: TensorFlow is loaded when a name that needs it is first used.  Usage::
         run.report_loss(train_step(*batches.batch(step)))
     run.finish()
 
-TF1-style code: ``tf.compat.v1.Session(config=gq.session_config())``.
+``model.fit``: ``gq.fit(model, dataset, epochs=...)``.  TF1-style code: ``gq.GraphRun`` (Session and
+Saver) or ``gq.RequeueHook`` (MonitoredTrainingSession), with ``config=gq.session_config()``.
 See docs/runtime.md for the decisions behind this design.
 """
 
@@ -25,6 +26,7 @@ from typing import Any
 from gpuq.jobs.tf.env import (MemoryPlan, checkpoint_dir_from_env, memory_plan_from_env,
                               progress_file_from_env, requeue_exit_code_from_env)
 from gpuq.jobs.tf.progress import ProgressReporter, write_progress_file
+from gpuq.jobs.tf.stop import GUARD, Phase, running_under_gpuq
 
 #: Names whose modules import TensorFlow (or numpy); loaded on first use, so that importing this
 #: package needs only the standard library.
@@ -35,13 +37,24 @@ _LAZY = {
     "applied_plan": "gpuq.jobs.tf.memory",
     "apply_plan": "gpuq.jobs.tf.memory",
     "TrainingRun": "gpuq.jobs.tf.run",
+    "fit": "gpuq.jobs.tf.fit",
+    "exactness_problems": "gpuq.jobs.tf.pipeline",
+    "GraphRun": "gpuq.jobs.tf.tf1",
+    "RequeueHook": "gpuq.jobs.tf.tf1",
 }
 
 __all__ = [
-    "MemoryPlan", "ProgressReporter", "ShuffledBatches", "TrainingRun", "applied_plan", "apply_plan",
+    "GUARD", "GraphRun", "MemoryPlan", "Phase", "ProgressReporter", "RequeueHook", "ShuffledBatches", "TrainingRun",
+    "applied_plan", "apply_plan", "exactness_problems", "fit",
     "checkpoint_dir_from_env", "configure_gpu_memory", "memory_plan_from_env", "progress_file_from_env",
     "requeue_exit_code_from_env", "session_config", "write_progress_file",
 ]
+
+
+if running_under_gpuq():
+    # The one side effect of this import, and only in a job gpuq started: from here on a SIGTERM
+    # (while TensorFlow imports, say) exits 75 instead of killing the script (docs/runtime.md).
+    GUARD.install()
 
 
 def __getattr__(name: str) -> Any:

@@ -13,6 +13,7 @@ from typing import Any, Sequence
 
 from gpuq.errors import MemoryConfigTooLate
 from gpuq.jobs.tf.env import MemoryPlan, memory_plan_from_env
+from gpuq.jobs.tf.stop import GUARD
 
 _MOVE_IT = (
     "move `gpuq.jobs.tf.configure_gpu_memory()` to the top of the script, right after the imports "
@@ -66,6 +67,7 @@ def configure_gpu_memory(plan: MemoryPlan | None = None, quiet: bool = False) ->
     so the mistake shows up on a laptop rather than on the shared server.
     """
     global _applied
+    GUARD.install()  # a SIGTERM while TensorFlow imports exits 75 (docs/runtime.md)
     plan = memory_plan_from_env() if plan is None else plan
     if _applied is not None:
         if plan == _applied:

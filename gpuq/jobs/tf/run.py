@@ -16,13 +16,19 @@ What one checkpoint (``tf.train.Checkpoint`` under ``tf.train.CheckpointManager`
 * ``rng``: a ``tf.random.Generator`` for the script's own randomness (``run.rng``);
 * anything passed as ``extra``.
 
-SIGTERM (gpuq's cancel, requeue, preemption, time limit, shutdown) only sets a flag.  The loop
-finishes the step in progress, saves, and exits with ``GPUQ_REQUEUE_EXIT_CODE`` (75).
+With ``data=`` (a ``tf.data.Dataset`` of one epoch of batches) the run also owns the data: it
+repeats the dataset, iterates it, and checkpoints the iterator with tf.data's own iterator
+checkpointing (``data`` entry), so a shuffled, mapped, prefetched pipeline resumes exactly
+(``for step, batch in run.batches()``).
+
+SIGTERM (gpuq's cancel, requeue, preemption, time limit, shutdown) is handled by
+:mod:`gpuq.jobs.tf.stop`: from the restore on it only sets a flag, and the loop finishes the step in
+progress, saves, and exits with ``GPUQ_REQUEUE_EXIT_CODE`` (75).  After :meth:`TrainingRun.finish`
+a SIGTERM exits 75 at once (the final checkpoint is already saved).
 """
 
 from __future__ import annotations
 
-import signal
 import sys
 import time
 from typing import Any, Iterator, Mapping, TextIO
@@ -33,37 +39,37 @@ from gpuq.errors import CheckpointError, InvalidInput
 from gpuq.jobs.tf.env import (checkpoint_dir_from_env, progress_file_from_env, requeue_exit_code_from_env,
                               restart_count_from_env)
 from gpuq.jobs.tf.memory import applied_plan
+from gpuq.jobs.tf.pipeline import DataPipeline
 from gpuq.jobs.tf.progress import ProgressReporter
+from gpuq.jobs.tf.stop import GUARD, Phase
 
 
 class TrainingRun:
     """One training run that survives interruption; see the module docstring."""
 
-    def __init__(self, *, total_steps: int, model: Any = None, optimizer: Any = None,
+    def __init__(self, *, total_steps: int | None = None, epochs: int | None = None, model: Any = None, optimizer: Any = None,
                  checkpoint_dir: str | None = None, seed: int = 0,
                  save_every_steps: int | None = 500, save_every_s: float | None = 300.0,
                  max_to_keep: int = 2, steps_per_epoch: int | None = None,
-                 extra: Mapping[str, Any] | None = None, log: TextIO | None = None,
+                 extra: Mapping[str, Any] | None = None, data: Any = None, log: TextIO | None = None,
                  handle_sigterm: bool = True) -> None:
-        if total_steps < 0:
-            raise InvalidInput(f"total_steps {total_steps} is negative.")
-        self.total_steps = total_steps
-        self.steps_per_epoch = steps_per_epoch
         self.save_every_steps = save_every_steps
         self.save_every_s = save_every_s
         self.directory = checkpoint_dir_from_env(checkpoint_dir)
         self.exit_code = requeue_exit_code_from_env()
         self.restart_count = restart_count_from_env()
         self._log = log if log is not None else sys.stdout
-        self._stop_signal: int | None = None
-        self._previous_handler: Any = None
+        self._handle_sigterm = handle_sigterm
+        self.data = DataPipeline(data, steps_per_epoch=steps_per_epoch, say=self._print) if data is not None else None
+        self.steps_per_epoch = steps_per_epoch or (self.data.steps_per_epoch if self.data else None)
+        self.total_steps = _total_steps(total_steps, epochs, self.steps_per_epoch)
         self._warn_if_memory_not_configured()
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="gpuq_step")
         self.rng = tf.random.Generator.from_seed(seed)
         self.checkpoint = tf.train.Checkpoint(**self._checkpoint_objects(model, optimizer, extra))
         self.manager = tf.train.CheckpointManager(self.checkpoint, self.directory, max_to_keep=max_to_keep)
         if handle_sigterm:  # from here on a SIGTERM means "save and exit 75", even during the restore
-            self._previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
+            GUARD.enter(Phase.TRAINING)
         try:
             self.start_step = self._restore()
         except BaseException:
@@ -76,6 +82,8 @@ class TrainingRun:
 
     def _checkpoint_objects(self, model: Any, optimizer: Any, extra: Mapping[str, Any] | None) -> dict[str, Any]:
         objects: dict[str, Any] = {"step": self.step, "rng": self.rng}
+        if self.data is not None:
+            objects["data"] = self.data.iterator
         if model is not None:
             if not model.built:
                 raise InvalidInput("build the model before TrainingRun (call it on a batch, or give "
@@ -87,7 +95,8 @@ class TrainingRun:
                 if model is None:
                     raise InvalidInput("give the model too, or build the optimizer first, so its "
                                        "slots exist to restore.")
-                optimizer.build(model.trainable_variables)
+                with _strategy_scope(model):  # slots beside the weights (mirrored under MirroredStrategy)
+                    optimizer.build(model.trainable_variables)
             objects["optimizer"] = optimizer
         for name, obj in (extra or {}).items():
             if name in objects:
@@ -103,22 +112,43 @@ class TrainingRun:
 
     @property
     def stop_requested(self) -> bool:
-        return self._stop_signal is not None
+        return self._handle_sigterm and GUARD.stop_requested
+
+    @property
+    def done(self) -> bool:
+        return int(self.step.numpy()) >= self.total_steps
 
     def steps(self) -> Iterator[int]:
         """Yield the step numbers still to train, checkpointing as it goes."""
         k = int(self.step.numpy())
         while k < self.total_steps:
-            if self.stop_requested:
-                self._save_and_exit(k)
+            self.before_step()
             yield k
-            k += 1
-            self.step.assign(k)
-            self._report(k)
-            if self.stop_requested:
-                self._save_and_exit(k)
-            if self._save_due(k):
-                self.save()
+            k = self.after_step()
+
+    def batches(self) -> Iterator[tuple[int, Any]]:
+        """Like :meth:`steps`, with the next batch of ``data=`` (its iterator is in the checkpoint)."""
+        if self.data is None:
+            raise InvalidInput("run.batches() needs TrainingRun(data=a tf.data.Dataset); use run.steps() "
+                               "with a step-indexed source such as ShuffledBatches.")
+        for k in self.steps():
+            yield k, self.data.next()
+
+    def before_step(self) -> None:
+        """Exit 75 now if a SIGTERM came before this step started (after the restore, say)."""
+        if self.stop_requested:
+            self._save_and_exit(int(self.step.numpy()))
+
+    def after_step(self) -> int:
+        """Count one finished step; report, save if due, and exit 75 if a SIGTERM came during it."""
+        k = int(self.step.numpy()) + 1
+        self.step.assign(k)
+        self._report(k)
+        if self.stop_requested:
+            self._save_and_exit(k)
+        if self._save_due(k):
+            self.save()
+        return k
 
     def report_loss(self, loss: Any) -> None:
         """Remember the latest loss (a tensor is fine: it is read only when progress is written)."""
@@ -139,20 +169,23 @@ class TrainingRun:
         return path
 
     def finish(self) -> None:
-        """Save the final state (so a rerun knows it is done), report 100 %, restore SIGTERM."""
+        """Save the final state (so a rerun knows it is done) and report 100 %.
+
+        A SIGTERM that came during the final save exits 75 right after it, and one that comes
+        later (in the script's epilogue) exits 75 at once: the requeued run restores the final
+        checkpoint, trains zero steps and repeats only the epilogue.
+        """
         self.save()
         self._report(int(self.step.numpy()), force=True)
-        self.close()
+        if self._handle_sigterm:
+            GUARD.enter(Phase.FINISHED)
 
     def close(self) -> None:
-        if self._previous_handler is not None:
-            signal.signal(signal.SIGTERM, self._previous_handler)
-            self._previous_handler = None
+        """Give up the run without a final save (a failed start); SIGTERM exits 75 at once again."""
+        if self._handle_sigterm and GUARD.phase is Phase.TRAINING:
+            GUARD.enter(Phase.BEFORE_TRAINING)
 
     # ---- internals ---------------------------------------------------------------------------
-
-    def _on_sigterm(self, signum: int, frame: Any) -> None:
-        self._stop_signal = signum
 
     def _print(self, text: str) -> None:
         print(f"gpuq: {text}", file=self._log, flush=True)
@@ -196,5 +229,22 @@ class TrainingRun:
         self._report(k, force=True)
         self._print(f"SIGTERM: checkpoint at step {k} saved to {path}; exiting with {self.exit_code} "
                     "so gpuq requeues the job")
-        self.close()
-        sys.exit(self.exit_code)
+        raise SystemExit(self.exit_code)
+
+
+def _total_steps(total_steps: int | None, epochs: int | None, steps_per_epoch: int | None) -> int:
+    if (total_steps is None) == (epochs is None):
+        raise InvalidInput("give TrainingRun either total_steps= or epochs=, not both.")
+    if epochs is not None:
+        if not steps_per_epoch:
+            raise InvalidInput("epochs= needs steps_per_epoch= (or data= of known length).")
+        total_steps = epochs * steps_per_epoch
+    if total_steps < 0:
+        raise InvalidInput(f"total_steps {total_steps} is negative.")
+    return total_steps
+
+
+def _strategy_scope(model: Any) -> Any:
+    """The model's tf.distribute strategy scope (Keras records it when the model is built in one)."""
+    strategy = getattr(model, "distribute_strategy", None)
+    return strategy.scope() if strategy is not None else tf.distribute.get_strategy().scope()

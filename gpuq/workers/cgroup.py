@@ -1,0 +1,410 @@
+"""Containment: one cgroup per job, so that everything the job starts can be found and killed.
+
+Two named implementations and a fallback, chosen once per daemon (``cgroups`` in the config):
+
+* :class:`CgroupV2` - the unified hierarchy (``/sys/fs/cgroup`` on a pure-v2 server, or a
+  ``cgroup2`` mount such as ``/sys/fs/cgroup/unified`` on a hybrid one).  Kill is
+  ``cgroup.kill`` (Linux 5.14+), else freeze + SIGKILL every member.  Memory and CPU limits
+  where the controllers are enabled.  No device filtering: cgroup v2 does that with an eBPF
+  program, which gpuq does not load (see docs/security.md).
+* :class:`CgroupV1` - one directory per controller (freezer, devices, memory, cpu, pids).
+  Kill is freeze + SIGKILL every task + thaw, until none is left.  ``devices`` denies the
+  node's GPUs that are not the job's (``/dev/nvidiaN``, major 195).
+* :class:`ProcessGroupOnly` - no usable cgroup: the job's session is signalled, as before
+  (a process that calls ``setsid`` escapes).  The daemon says so once in its log and in
+  ``gpuq status``.
+
+A job's cgroup is ``<hierarchy>/gpuq/<node>/job-<id>`` (several nodes may share a machine in tests); the job's process joins it before it drops to
+its user (``join_files`` are written from the child between fork and exec).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Protocol
+
+NVIDIA_MAJOR = 195  # /dev/nvidia0.. are char 195:N; 195:254 nvidia-modeset, 195:255 nvidiactl
+V1_CONTROLLERS = ("freezer", "devices", "memory", "cpu", "pids")
+CPU_PERIOD_US = 100_000
+BASE = "gpuq"
+
+
+@dataclass(frozen=True)
+class JobLimits:
+    """What a job's cgroup enforces.  ``deny_gpu_minors``: /dev/nvidiaN minors of the node's
+    GPUs that are not the job's (only where a devices controller exists)."""
+
+    mem_mib: int | None = None
+    cpus: float | None = None
+    deny_gpu_minors: tuple[int, ...] = ()
+
+
+class Containment(Protocol):
+    name: str
+
+    def create(self, job_id: int, limits: JobLimits) -> list[str]: ...  # returns notes (limits not enforced)
+
+    def join_files(self, job_id: int) -> list[str]: ...
+
+    def pids(self, job_id: int) -> list[int]: ...
+
+    def signal_all(self, job_id: int, sig: int) -> None: ...
+
+    def kill_all(self, job_id: int, timeout_s: float = 10.0) -> bool: ...
+
+    def remove(self, job_id: int) -> None: ...
+
+    def jobs(self) -> list[int]: ...
+
+
+def _write(path: Path | str, value: str) -> None:
+    with open(path, "w") as f:
+        f.write(value)
+
+
+def _read_pids(path: Path) -> list[int]:
+    try:
+        with open(path) as f:
+            return [int(x) for x in f.read().split()]
+    except (FileNotFoundError, ValueError):
+        return []
+
+
+def _kill_each(pids: Iterable[int], sig: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _job_name(job_id: int) -> str:
+    return f"job-{job_id}"
+
+
+def _job_ids(base: Path) -> list[int]:
+    try:
+        names = os.listdir(base)
+    except FileNotFoundError:
+        return []
+    return sorted(int(n[4:]) for n in names if n.startswith("job-") and n[4:].isdigit())
+
+
+class CgroupV2:
+    name = "cgroup v2"
+
+    def __init__(self, mount: Path, node: str):
+        self.mount = mount
+        self.node = node
+        self.base = mount / BASE / node
+
+    def _dir(self, job_id: int) -> Path:
+        return self.base / _job_name(job_id)
+
+    def _enable(self, parent: Path, wanted: Iterable[str]) -> set[str]:
+        try:
+            available = set((parent / "cgroup.controllers").read_text().split())
+        except OSError:
+            return set()
+        on = set()
+        for c in wanted:
+            if c in available:
+                try:
+                    _write(parent / "cgroup.subtree_control", f"+{c}")
+                    on.add(c)
+                except OSError:
+                    pass
+        return on
+
+    def create(self, job_id: int, limits: JobLimits) -> list[str]:
+        notes = []
+        self.base.mkdir(mode=0o755, parents=True, exist_ok=True)
+        self._enable(self.mount, ("memory", "cpu", "pids"))
+        self._enable(self.base.parent, ("memory", "cpu", "pids"))
+        enabled = self._enable(self.base, ("memory", "cpu", "pids"))
+        d = self._dir(job_id)
+        d.mkdir(mode=0o755, exist_ok=True)
+        if limits.mem_mib is not None:
+            if "memory" in enabled:
+                _write(d / "memory.max", str(limits.mem_mib * 2**20))
+                if (d / "memory.swap.max").exists():
+                    _write(d / "memory.swap.max", "0")
+            else:
+                notes.append("the memory controller is not available here: --mem is not enforced")
+        if limits.cpus is not None:
+            if "cpu" in enabled:
+                _write(d / "cpu.max", f"{max(1000, int(limits.cpus * CPU_PERIOD_US))} {CPU_PERIOD_US}")
+            else:
+                notes.append("the cpu controller is not available here: --cpus is not enforced")
+        if limits.deny_gpu_minors:
+            notes.append("cgroup v2 device filtering needs an eBPF program gpuq does not load: "
+                         "other GPUs are hidden by CUDA_VISIBLE_DEVICES only")
+        return notes
+
+    def join_files(self, job_id: int) -> list[str]:
+        return [str(self._dir(job_id) / "cgroup.procs")]
+
+    def pids(self, job_id: int) -> list[int]:
+        return _read_pids(self._dir(job_id) / "cgroup.procs")
+
+    def signal_all(self, job_id: int, sig: int) -> None:
+        _kill_each(self.pids(job_id), sig)
+
+    def kill_all(self, job_id: int, timeout_s: float = 10.0) -> bool:
+        d = self._dir(job_id)
+        if not d.exists():
+            return True
+        deadline = time.monotonic() + timeout_s
+        kill_file = d / "cgroup.kill"
+        freeze_file = d / "cgroup.freeze"
+        while True:
+            pids = self.pids(job_id)
+            if not pids:
+                return True
+            if kill_file.exists():
+                _write(kill_file, "1")
+            else:  # before Linux 5.14: freeze so nothing forks while we kill
+                if freeze_file.exists():
+                    _write(freeze_file, "1")
+                _kill_each(pids, signal.SIGKILL)
+                if freeze_file.exists():
+                    _write(freeze_file, "0")
+            if time.monotonic() > deadline:
+                return not self.pids(job_id)
+            time.sleep(0.01)
+
+    def remove(self, job_id: int) -> None:
+        try:
+            self._dir(job_id).rmdir()
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            if e.errno != errno.EBUSY:
+                raise
+
+    def jobs(self) -> list[int]:
+        return _job_ids(self.base)
+
+
+class CgroupV1:
+    name = "cgroup v1"
+
+    def __init__(self, root: Path, controllers: tuple[str, ...], node: str):
+        self.root = root
+        self.controllers = controllers  # those mounted here, freezer first when present
+        self.node = node
+
+    def _dirs(self, job_id: int) -> dict[str, Path]:
+        return {c: self.root / c / BASE / self.node / _job_name(job_id) for c in self.controllers}
+
+    def create(self, job_id: int, limits: JobLimits) -> list[str]:
+        notes = []
+        dirs = self._dirs(job_id)
+        for c, d in dirs.items():
+            d.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+            d.mkdir(mode=0o755, exist_ok=True)
+        if limits.mem_mib is not None:
+            if "memory" in dirs:
+                mem = dirs["memory"]
+                _write(mem / "memory.limit_in_bytes", str(limits.mem_mib * 2**20))
+                if (mem / "memory.memsw.limit_in_bytes").exists():
+                    _write(mem / "memory.memsw.limit_in_bytes", str(limits.mem_mib * 2**20))
+            else:
+                notes.append("no memory controller is mounted: --mem is not enforced")
+        if limits.cpus is not None:
+            if "cpu" in dirs:
+                _write(dirs["cpu"] / "cpu.cfs_period_us", str(CPU_PERIOD_US))
+                _write(dirs["cpu"] / "cpu.cfs_quota_us", str(max(1000, int(limits.cpus * CPU_PERIOD_US))))
+            else:
+                notes.append("no cpu controller is mounted: --cpus is not enforced")
+        if "devices" in dirs:
+            for minor in limits.deny_gpu_minors:
+                _write(dirs["devices"] / "devices.deny", f"c {NVIDIA_MAJOR}:{minor} rwm")
+        elif limits.deny_gpu_minors:
+            notes.append("no devices controller is mounted: other GPUs are hidden by CUDA_VISIBLE_DEVICES only")
+        return notes
+
+    def join_files(self, job_id: int) -> list[str]:
+        return [str(d / "cgroup.procs") for d in self._dirs(job_id).values()]
+
+    def _tasks_file(self, job_id: int) -> Path:
+        return next(iter(self._dirs(job_id).values())) / "cgroup.procs"
+
+    def pids(self, job_id: int) -> list[int]:
+        return _read_pids(self._tasks_file(job_id))
+
+    def signal_all(self, job_id: int, sig: int) -> None:
+        _kill_each(self.pids(job_id), sig)
+
+    def kill_all(self, job_id: int, timeout_s: float = 10.0) -> bool:
+        dirs = self._dirs(job_id)
+        freezer = dirs.get("freezer")
+        if freezer is not None and not freezer.exists():
+            return True
+        deadline = time.monotonic() + timeout_s
+        while True:
+            pids = self.pids(job_id)
+            if not pids:
+                return True
+            if freezer is not None:
+                _write(freezer / "freezer.state", "FROZEN")  # nothing forks while we kill
+                settle = time.monotonic() + 1.0
+                while (freezer / "freezer.state").read_text().strip() != "FROZEN" and time.monotonic() < settle:
+                    time.sleep(0.005)
+            _kill_each(self.pids(job_id), signal.SIGKILL)
+            if freezer is not None:
+                _write(freezer / "freezer.state", "THAWED")  # the kills are delivered on thaw
+            if time.monotonic() > deadline:
+                return not self.pids(job_id)
+            time.sleep(0.01)
+
+    def remove(self, job_id: int) -> None:
+        for d in self._dirs(job_id).values():
+            try:
+                d.rmdir()
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                if e.errno != errno.EBUSY:
+                    raise
+
+    def jobs(self) -> list[int]:
+        return _job_ids(self.root / self.controllers[0] / BASE / self.node)
+
+
+class ProcessGroupOnly:
+    """No cgroups: the job is its session; a process that leaves it is not found."""
+
+    name = "process group (no cgroups)"
+
+    def create(self, job_id: int, limits: JobLimits) -> list[str]:
+        notes = []
+        if limits.mem_mib is not None or limits.cpus is not None:
+            notes.append("cgroups are unavailable: --mem and --cpus are not enforced")
+        return notes
+
+    def join_files(self, job_id: int) -> list[str]:
+        return []
+
+    def pids(self, job_id: int) -> list[int]:
+        return []
+
+    def signal_all(self, job_id: int, sig: int) -> None:
+        pass
+
+    def kill_all(self, job_id: int, timeout_s: float = 10.0) -> bool:
+        return True
+
+    def remove(self, job_id: int) -> None:
+        pass
+
+    def jobs(self) -> list[int]:
+        return []
+
+
+# ---- choosing one -------------------------------------------------------------------------------
+
+MODES = ("auto", "v2", "v1", "off")
+
+
+def _mounts() -> list[tuple[str, str, set[str]]]:
+    out = []
+    try:
+        with open("/proc/self/mounts") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 4 and parts[2] in ("cgroup", "cgroup2"):
+                    out.append((parts[2], parts[1], set(parts[3].split(","))))
+    except OSError:
+        pass
+    return out
+
+
+def _writable(d: Path) -> bool:
+    probe = d / BASE
+    try:
+        probe.mkdir(mode=0o755, exist_ok=True)
+        return os.access(probe, os.W_OK)
+    except OSError:
+        return False
+
+
+def find_v2(node: str) -> CgroupV2 | None:
+    for kind, where, _ in _mounts():
+        if kind == "cgroup2" and _writable(Path(where)):
+            return CgroupV2(Path(where), node)
+    return None
+
+
+def find_v1(node: str) -> CgroupV1 | None:
+    found: dict[str, Path] = {}
+    for kind, where, opts in _mounts():
+        if kind == "cgroup":
+            for c in V1_CONTROLLERS:
+                if c in opts and Path(where).name == c:
+                    found[c] = Path(where)
+    if "freezer" not in found:
+        return None  # without a freezer a fork bomb could outrun the kill loop: prefer v2
+    roots = {p.parent for p in found.values()}
+    if len(roots) != 1:
+        return None
+    root = roots.pop()
+    ctrls = tuple(c for c in V1_CONTROLLERS if c in found and _writable(found[c]))
+    return CgroupV1(root, ctrls, node) if "freezer" in ctrls else None
+
+
+def choose(mode: str, node: str) -> tuple[Containment, str]:
+    """The containment for ``mode`` and a sentence for the log and ``gpuq status``.
+
+    auto: pure v2 (``/sys/fs/cgroup`` is cgroup2) first; else v1 with a freezer (it also has
+    the devices controller on a hybrid system); else a v2 mount; else process groups."""
+    if os.geteuid() != 0 or mode == "off":
+        why = "turned off in the config" if mode == "off" else "the daemon does not run as root"
+        return ProcessGroupOnly(), f"cgroups unavailable ({why}): jobs are contained by process group only"
+    pure_v2 = Path("/sys/fs/cgroup/cgroup.controllers").exists()
+    order = {"v2": ("v2",), "v1": ("v1",), "auto": ("v2", "v1", "v2any") if pure_v2 else ("v1", "v2any")}[mode]
+    for kind in order:
+        c: Containment | None = find_v1(node) if kind == "v1" else find_v2(node)
+        if c is not None:
+            where = c.mount if isinstance(c, CgroupV2) else c.root
+            extra = f" ({', '.join(c.controllers)})" if isinstance(c, CgroupV1) else ""
+            return c, f"jobs are contained by {c.name} under {where}{extra}"
+    return ProcessGroupOnly(), (f"cgroups unavailable (no writable {mode if mode != 'auto' else 'cgroup'} "
+                                "hierarchy): jobs are contained by process group only")
+
+
+def from_description(kind: str, where: str, controllers: tuple[str, ...], node: str) -> Containment:
+    """Rebuild the daemon's choice in a worker (passed through its environment)."""
+    if kind == "v2":
+        return CgroupV2(Path(where), node)
+    if kind == "v1":
+        return CgroupV1(Path(where), controllers, node)
+    return ProcessGroupOnly()
+
+
+def describe(c: Containment) -> tuple[str, str, tuple[str, ...]]:
+    if isinstance(c, CgroupV2):
+        return "v2", str(c.mount), ()
+    if isinstance(c, CgroupV1):
+        return "v1", str(c.root), c.controllers
+    return "none", "", ()
+
+
+def cgroup_job_of(pid: int) -> int | None:
+    """The gpuq job whose cgroup holds ``pid`` (for GPU memory attribution), or None."""
+    try:
+        with open(f"/proc/{pid}/cgroup") as f:
+            text = f.read()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        parts = line.split(":", 2)[-1].split("/")
+        for i, part in enumerate(parts[:-2]):
+            if part == BASE and parts[i + 2].startswith("job-") and parts[i + 2][4:].isdigit():
+                return int(parts[i + 2][4:])
+    return None

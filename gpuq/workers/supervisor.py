@@ -1,0 +1,497 @@
+"""A job's supervisor: one detached process per running job, like Slurm's slurmstepd.
+
+Forked by :mod:`gpuq.workers.launcher` in its own session, it outlives the RQ worker, the
+daemon and Redis outages.  It
+
+1. prepares the log and checkpoint directory (owned by the job's user) and the job's cgroup,
+2. starts the job: joins the cgroup, drops to the user's groups, gid and uid, and only then
+   enters the working directory (so a directory the user may not enter fails the job with a
+   clear message instead of being entered as root),
+3. copies the job's output into its capped log, watches stop requests (cancel, requeue,
+   preemption, drain), the time limit and progress, and writes a heartbeat,
+4. kills everything left in the job's cgroup, and records the end.
+
+Every record change is fenced by the run token (``started_at``).  When Redis is away the job
+keeps running: stop requests wait, the time limit and the exit are enforced locally, and the
+pid and the end are recorded when Redis returns.  Any failure of the supervisor itself ends
+the job ``failed`` with the reason; it never leaves a job "running" with no process.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import math
+import os
+import selectors
+import signal
+import subprocess
+import time
+import traceback
+from pathlib import Path
+from typing import Callable
+
+from gpuq import accounting, keys
+from gpuq.errors import GpuqError, JobNotFound, RecordSetAside, StoreUnavailable
+from gpuq.jobs.model import REQUEUE_EXIT_CODE, Job, JobState, Progress, StopKind
+from gpuq.safefile import read_small
+from gpuq.store import Store
+from gpuq.workers import runrecord
+from gpuq.workers.cgroup import JobLimits
+from gpuq.workers.env import build_job_env
+from gpuq.workers.joblog import CappedLog
+from gpuq.workers.launcher import WorkerContext, same_run
+
+STOP_POLL_S = 0.25
+PROGRESS_POLL_S = 2.0
+STORE_RETRY_MAX_S = 5.0
+_PR_SET_NAME = 15
+_PR_SET_CHILD_SUBREAPER = 36
+_PROGRESS_FIELDS = (("step", int), ("total", int), ("epoch", int), ("loss", float), ("eta_s", float),
+                    ("updated_at", float))
+_INT_MAX = 2**53
+
+
+_GONE = object()  # the job's record no longer exists (or could not be read and was set aside)
+
+
+class StartFailed(GpuqError):
+    """The job's process could not be started (the message says why)."""
+
+
+def _prctl(option: int, arg: int | bytes) -> None:
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(option, arg, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _diag(ctx: WorkerContext, text: str) -> None:
+    """Supervisor diagnostics for the administrator (root only)."""
+    try:
+        d = runrecord.records_dir(ctx.paths.home)
+        with open(d / "supervisor.log", "a") as f:
+            f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} [{os.getpid()}] {text}\n")
+    except OSError:
+        pass
+
+
+def supervisor_main(ctx: WorkerContext, job: Job, ready_fd: int) -> int:
+    """Entry point in the forked supervisor: detach from everything the worker had, say "ready"."""
+    for sig in (signal.SIGTERM, signal.SIGCHLD, signal.SIGALRM, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(sig, signal.SIG_DFL)
+    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
+        signal.signal(sig, signal.SIG_IGN)
+    signal.alarm(0)
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.closerange(3, ready_fd)
+    os.closerange(ready_fd + 1, 1 << 16)
+    _prctl(_PR_SET_NAME, f"gpuq-sup-{job.id}".encode()[:15])
+    _prctl(_PR_SET_CHILD_SUBREAPER, 1)  # orphans of the job come to us, to be reaped
+    me = os.getpid()
+    assert job.started_at is not None
+    runrecord.write(ctx.paths.home, runrecord.RunRecord(job.id, job.started_at, me,
+                                                        runrecord.proc_start_ticks(me) or 0))
+    os.write(ready_fd, f"{me}\n".encode())
+    os.close(ready_fd)
+    store = Store.from_url(ctx.redis_url)
+    try:
+        Supervisor(store, ctx).run(job)
+    except BaseException as e:  # the supervisor failed: its job must not be left running
+        _diag(ctx, f"job {job.id}: supervisor failed: {traceback.format_exc()}")
+        ctx.containment.kill_all(job.id)
+        fail_run(store, job, f"its supervisor failed ({type(e).__name__}: {e})", forever=True)
+    finally:
+        ctx.containment.remove(job.id)
+        runrecord.remove(ctx.paths.home, job.id, job.started_at)
+    return 0
+
+
+def retry_store(what: Callable[[], object], forever: bool = True, attempts_s: float = 60.0) -> object:
+    """Call ``what`` until Redis answers: a supervisor never gives up on recording its job."""
+    deadline = time.monotonic() + attempts_s
+    delay = 0.2
+    while True:
+        try:
+            return what()
+        except StoreUnavailable:
+            if not forever and time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, STORE_RETRY_MAX_S)
+
+
+def fail_run(store: Store, job: Job, reason: str, forever: bool = False) -> None:
+    """End run ``job`` as failed with ``reason`` (only while it is still that run)."""
+    now = time.time()
+    retry_store(lambda: store.update(
+        job.id, lambda j: j.transition(JobState.FAILED, ended_at=now, exit_code=127, end_reason=reason)
+        if same_run(j, job) else None, now, event=f"failed: {reason}"), forever=forever)
+
+
+def parse_progress(raw: bytes) -> Progress | None:
+    """A progress report from a user-written file; None for anything not a finite, sane report."""
+    try:
+        d = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(d, dict):
+        return None
+    fields = {}
+    for k, typ in _PROGRESS_FIELDS:
+        v = d.get(k)
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue
+        if not math.isfinite(v) or abs(v) > _INT_MAX:
+            continue  # NaN, Infinity, 1e400: ignored, never a crash
+        fields[k] = typ(v)
+    return Progress(**fields) if fields else None
+
+
+def _enter_job(join_files: list[str], ids: tuple[int, int, tuple[int, ...]] | None, cwd: str, user: str,
+               err_fd: int) -> Callable[[], None]:
+    """What the child runs between fork and exec (as root): join the cgroup, drop to the user,
+    then enter the working directory.  A failure is written to ``err_fd`` for a clear message."""
+
+    def enter() -> None:
+        try:
+            for path in join_files:
+                with open(path, "w") as f:
+                    f.write(str(os.getpid()))
+        except OSError as e:
+            os.write(err_fd, f"could not join the job's cgroup ({e.strerror})".encode())
+            raise
+        if ids is not None:
+            uid, gid, groups = ids
+            os.setgroups(list(groups))
+            os.setresgid(gid, gid, gid)
+            os.setresuid(uid, uid, uid)
+        try:
+            os.chdir(cwd)
+        except OSError as e:
+            os.write(err_fd, f"cannot enter the working directory {cwd} as {user} ({e.strerror}): submit from a "
+                             f"directory {user} may enter".encode())
+            raise
+
+    return enter
+
+
+class Supervisor:
+    def __init__(self, store: Store, ctx: WorkerContext, clock: Callable[[], float] = time.time):
+        self.store = store
+        self.ctx = ctx
+        self.clock = clock
+        self.c = ctx.containment
+
+    # ---- start --------------------------------------------------------------------------------
+
+    def _prepare_files(self, job: Job) -> tuple[Path, Path, Path]:
+        p = self.ctx.paths
+        uid, gid = job.owner.uid, job.owner.gid
+        for d in (p.logs, p.checkpoints, p.progress):
+            d.mkdir(parents=True, exist_ok=True)
+        log_path = p.job_log(job.id)
+        ckpt = p.job_checkpoint_dir(job.id)
+        for path in (log_path, ckpt):
+            _move_aside_if_foreign(path, uid)
+        fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o640)
+        os.close(fd)
+        _chown(log_path, uid, gid)
+        ckpt.mkdir(mode=0o700, exist_ok=True)
+        _chown(ckpt, uid, gid)
+        progress = p.job_progress_file(job.id)
+        progress.parent.mkdir(mode=0o700, exist_ok=True)
+        _chown(progress.parent, uid, gid)
+        try:
+            progress.unlink()
+        except FileNotFoundError:
+            pass
+        return log_path, ckpt, progress
+
+    def _limits(self, job: Job) -> JobLimits:
+        mine = set(job.placement.gpu_uuids) if job.placement else set()
+        deny = tuple(sorted(m for u, m in self.ctx.gpu_minors if u not in mine))
+        return JobLimits(deny_gpu_minors=deny)
+
+    def _start(self, job: Job, log: CappedLog, ckpt: Path, progress: Path) -> tuple[subprocess.Popen, int]:
+        sim_dir = str(self.ctx.paths.simulated_gpu_usage) if self.ctx.simulated else None
+        env = build_job_env(job, str(ckpt), str(progress), sim_dir)
+        p = job.placement
+        assert p is not None
+        gpus = ",".join(str(i) for i in p.gpu_indices) or "none (CPU only)"
+        ids: tuple[int, int, tuple[int, ...]] | None = None
+        if os.geteuid() == 0 and job.owner.uid != 0:
+            ids = (job.owner.uid, job.owner.gid, tuple(job.owner.groups))
+        elif job.owner.uid != os.geteuid():
+            raise StartFailed(f"this daemon runs as uid {os.geteuid()} and cannot run a job as uid {job.owner.uid}")
+        for note in self.c.create(job.id, self._limits(job)):
+            log.note(note)
+        log.note(f"job {job.id} run {job.requeues + 1} starting on {p.node}, GPUs {gpus}, "
+                 f"CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']}, contained by {self.c.name}")
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        try:
+            proc = subprocess.Popen(
+                list(job.spec.argv), env=env, stdin=subprocess.DEVNULL, stdout=out_w, stderr=subprocess.STDOUT,
+                start_new_session=True, close_fds=True,
+                preexec_fn=_enter_job(self.c.join_files(job.id), ids, job.spec.cwd, job.owner.user, err_w),
+            )
+        except subprocess.SubprocessError as e:
+            os.close(err_w)
+            why = os.read(err_r, 4096).decode(errors="replace")
+            os.close(err_r)
+            os.close(out_r)
+            os.close(out_w)
+            raise StartFailed(why or str(e)) from None
+        except BaseException:
+            for fd in (err_r, err_w, out_r, out_w):
+                os.close(fd)
+            raise
+        for fd in (err_r, err_w, out_w):
+            os.close(fd)
+        os.set_blocking(out_r, False)
+        self._buffered = (proc.pid, gpus)
+        self._record_pid(job)
+        return proc, out_r
+
+    def _record_pid(self, job: Job) -> None:
+        """Record the job's pid (when Redis is away, retried at each poll until it is recorded)."""
+        if self._buffered is None:
+            return
+        pid, gpus = self._buffered
+        assert job.placement is not None
+        self.store.update(job.id, lambda j: j.with_changes(pid=pid) if same_run(j, job) else None,
+                          self.clock(), event=f"started pid {pid} on {job.placement.node} GPUs {gpus}")
+        self._buffered = None
+
+    # ---- the run ------------------------------------------------------------------------------
+
+    def run(self, job: Job) -> str:
+        self._buffered: tuple[int, str] | None = None
+        if job.stop_request is not None:
+            return self._finish(job, None, job.stop_request.kind, False, 0.0, job.stop_request.by)
+        log_path, ckpt, progress = self._prepare_files(job)
+        log = CappedLog(log_path, self.ctx.log_cap_bytes)
+        try:
+            try:
+                proc, out_r = self._start(job, log, ckpt, progress)
+            except (OSError, ValueError, TypeError, GpuqError) as e:
+                # a bad env key, NUL bytes, a cwd the user may not enter, no such program ...
+                reason = f"could not start: {e.strerror if isinstance(e, OSError) and e.strerror else e}"
+                if isinstance(e, OSError) and e.filename:
+                    reason += f": {e.filename}"
+                log.note(reason)
+                self.c.kill_all(job.id)
+                fail_run(self.store, job, reason, forever=True)
+                return reason
+            try:
+                return self._watch(job, proc, out_r, log, progress)
+            except BaseException:
+                _killpg(proc.pid, signal.SIGKILL)
+                self.c.kill_all(job.id)
+                raise
+        finally:
+            log.close()
+
+    def _watch(self, job: Job, proc: subprocess.Popen, out_r: int, log: CappedLog, progress_path: Path) -> str:
+        started = self.clock()
+        pgid = proc.pid
+        stop_kind: StopKind | None = None
+        stop_by = ""
+        timed_out = False
+        kill_at: float | None = None
+        next_poll = 0.0
+        next_beat = 0.0
+        next_progress = started + PROGRESS_POLL_S
+        sel = selectors.DefaultSelector()
+        pidfd = os.pidfd_open(proc.pid)
+        sel.register(pidfd, selectors.EVENT_READ, "exit")
+        sel.register(out_r, selectors.EVENT_READ, "out")
+        out_open = True
+        rc: int | None = None
+        try:
+            while rc is None:
+                now = self.clock()
+                timeout = max(0.0, min(next_poll, next_progress, kill_at or math.inf) - now)
+                for key, _ in sel.select(timeout):
+                    if key.data == "out":
+                        out_open = self._pump(out_r, log)
+                        if not out_open:
+                            sel.unregister(out_r)
+                    else:
+                        rc = proc.wait()
+                if rc is not None:
+                    break
+                now = self.clock()
+                if now >= next_poll:
+                    next_poll = now + STOP_POLL_S
+                    current = self._poll(job, now >= next_beat, pgid)
+                    if now >= next_beat:
+                        next_beat = now + self.ctx.heartbeat_s
+                    if stop_kind is None and not timed_out:
+                        if current is _GONE:
+                            stop_kind, stop_by = StopKind.CANCEL, "gpuq (its record is gone or was set aside)"
+                            log.note("the job's record is gone or unreadable: stopping it")
+                        elif current is not None and not same_run(current, job):
+                            stop_kind, stop_by = StopKind.CANCEL, "gpuq (a newer run)"
+                            log.note("this run is no longer the job's current run")
+                        elif current is not None and current.stop_request is not None:
+                            stop_kind, stop_by = current.stop_request.kind, current.stop_request.by
+                        elif accounting.out_of_time(job, now):  # the limit counts every run of the job
+                            timed_out = True
+                        if stop_kind is not None or timed_out:
+                            why = "time limit reached" if timed_out else f"{stop_kind.value} requested"
+                            log.note(f"{why}: SIGTERM to the job's processes, SIGKILL after {self.ctx.grace_s:g} s")
+                            _killpg(pgid, signal.SIGTERM)
+                            self.c.signal_all(job.id, signal.SIGTERM)
+                            kill_at = now + self.ctx.grace_s
+                if kill_at is not None and now >= kill_at:
+                    log.note("grace period over: SIGKILL")
+                    _killpg(pgid, signal.SIGKILL)
+                    self.c.kill_all(job.id, timeout_s=1.0)
+                    kill_at = None
+                if now >= next_progress:
+                    next_progress = now + PROGRESS_POLL_S
+                    self._record_progress(job, progress_path, log)
+        finally:
+            sel.close()
+            os.close(pidfd)
+        # Leave nothing of the job behind: its processes may hold GPU memory.
+        _killpg(pgid, signal.SIGKILL)
+        if not self.c.kill_all(job.id):
+            log.note("some of the job's processes could not be killed")
+        _reap_orphans()
+        if out_open:
+            self._pump(out_r, log)
+        os.close(out_r)
+        run_s = self.clock() - started
+        return retry_store(lambda: self._finish(job, rc, stop_kind, timed_out, run_s, stop_by))  # type: ignore[return-value]
+
+    def _pump(self, fd: int, log: CappedLog) -> bool:
+        """Copy what the job wrote to its log; False at end of output."""
+        while True:
+            try:
+                data = os.read(fd, 1 << 16)
+            except BlockingIOError:
+                return True
+            except OSError:
+                return False
+            if not data:
+                return False
+            log.write(data)
+
+    def _poll(self, job: Job, beat: bool, pid: int) -> Job | object | None:
+        """The job's record (None while Redis is away); records a buffered pid; the heartbeat."""
+        try:
+            self._record_pid(job)
+            if beat:
+                self.store.r.set(keys.job_heartbeat(job.id), json.dumps(
+                    {"pid": os.getpid(), "job_pid": pid, "node": self.ctx.node, "token": job.started_at,
+                     "at": self.clock()}), px=int(self.ctx.heartbeat_s * 6000))
+            return self.store.get(job.id)
+        except StoreUnavailable:
+            return None
+        except (JobNotFound, RecordSetAside):
+            return _GONE
+        except Exception as e:  # redis errors outside the store's wrapping: same as away
+            if type(e).__module__.startswith("redis"):
+                return None
+            raise
+
+    def _record_progress(self, run: Job, path: Path, log: CappedLog) -> None:
+        raw = read_small(path)  # the job's user owns this file: no FIFO, symlink or huge file
+        if raw is None:
+            return
+        progress = parse_progress(raw)
+        if progress is None:
+            return
+        try:
+            self.store.update(
+                run.id,
+                lambda j: j.with_changes(progress=progress) if same_run(j, run) and j.progress != progress else None,
+                self.clock(),
+            )
+        except StoreUnavailable:
+            pass  # progress is best effort
+
+    # ---- the end ------------------------------------------------------------------------------
+
+    def _finish(self, job: Job, rc: int | None, stop_kind: StopKind | None, timed_out: bool, run_s: float,
+                stop_by: str = "") -> str:
+        now = self.clock()
+        gpu_share = accounting.gpu_share(job)  # one accounting: gpuq/accounting.py
+        signal_note = f" (killed by signal {-rc})" if rc is not None and rc < 0 else ""
+
+        if rc == 0:
+            to, reason = JobState.COMPLETED, "exited 0"
+        elif stop_kind is StopKind.CANCEL:
+            to, reason = JobState.CANCELLED, f"cancelled by {stop_by}" if stop_by else "cancelled"
+        elif stop_kind is not None:
+            to, reason = JobState.PENDING, f"requeued ({stop_kind.value})"
+        elif timed_out:
+            to, reason = JobState.TIMEOUT, f"time limit of {job.spec.time_limit_s:g} s reached"
+        elif rc == REQUEUE_EXIT_CODE:
+            to, reason = JobState.PENDING, f"requeued (exited {REQUEUE_EXIT_CODE}: checkpointed)"
+        else:
+            to, reason = JobState.FAILED, f"exited {rc}{signal_note}"
+
+        def change(j: Job) -> Job | None:
+            if not same_run(j, job):
+                return None  # reconciled or re-placed meanwhile: never overwrite a newer run
+            common = dict(accounting.end_of_run(j, run_s), end_reason=reason)
+            if to is JobState.PENDING:
+                return j.transition(to, requeues=j.requeues + 1, **common)
+            return j.transition(to, ended_at=now, exit_code=rc, **common)
+
+        done = self.store.update(job.id, change, now, event=f"{to.value}: {reason}", wake=False,
+                                 also=lambda pipe, _j: pipe.delete(keys.job_heartbeat(job.id)))
+        if done is not None and gpu_share > 0 and run_s > 0:
+            self._add_usage(job.owner.user, gpu_share, now - run_s, now)
+        self.store.wake("job ended")  # one wake, after usage is recorded
+        return f"{to.value}: {reason}"
+
+    def _add_usage(self, user: str, gpus: float, started_at: float, ended_at: float) -> None:
+        """Fair-share usage of this run, counted exactly as plan() counted it while it ran."""
+        from gpuq.scheduler import fairshare, usage
+
+        half_life_s = usage.half_life_from_store(self.store)
+        self.store.update_usage(
+            user, lambda rec: fairshare.add_run_usage(rec, gpus, started_at, ended_at, half_life_s))
+
+
+# ---- small helpers ------------------------------------------------------------------------------
+
+
+def _chown(path: Path, uid: int, gid: int) -> None:
+    if os.geteuid() == 0:
+        os.chown(path, uid, gid)
+
+
+def _move_aside_if_foreign(path: Path, uid: int) -> None:
+    """A log or checkpoint directory left by another user's job with the same id (job ids restart
+    with a new store) is renamed, never handed over; a symlink is never followed."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if st.st_uid != uid or os.path.islink(path):
+        os.rename(path, path.with_name(f"{path.name}.stale-{int(time.time())}-{st.st_uid}"))
+
+
+def _killpg(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _reap_orphans() -> None:
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
