@@ -36,6 +36,19 @@ def test_digits_classic_reaches_a_sane_accuracy(job_env: Callable[..., dict[str,
     assert (tmp_path / "ckpt" / "checkpoint").exists()
 
 
+def test_digits_fit_trains_with_mirrored_strategy(job_env: Callable[..., dict[str, str]], tmp_path: Path) -> None:
+    """model.fit + tf.data through gq.fit, under MirroredStrategy over two logical CPU devices."""
+    env = job_env(limit_mib=1024, workdir=tmp_path)
+    out = tmp_path / "metrics.json"
+    stdout = _run("digits_fit.py", ["--epochs", "20", "--mirrored", "--out", str(out)], env, tmp_path)
+    metrics = json.loads(out.read_text())
+    assert metrics["replicas"] == 2 and metrics["iterations"] == 20 * 14, stdout
+    assert metrics["test_accuracy"] >= 0.9, stdout
+    progress = json.loads((tmp_path / "progress.json").read_text())
+    assert progress["step"] == progress["total"] == 280 and progress["epoch"] == 20
+    assert (tmp_path / "ckpt" / "ckpt-280.index").exists()
+
+
 def test_custom_loss_predicts_on_the_expensive_side(job_env: Callable[..., dict[str, str]],
                                                     tmp_path: Path) -> None:
     out = tmp_path / "weights.json"

@@ -94,7 +94,7 @@ def test_running_jobs_usage_counts():
     nodes = [node("a", 2)]
     run = [running(job(1, user="busy"), nodes, [0], started_at=0.0)]
     pend = [job(2, user="busy", sub=0.0), job(3, user="idle", sub=10.0)]
-    p = plan(pend, run, nodes, {}, PolicyConfig(), 86400.0)
+    p = plan(pend, run, nodes, {}, PolicyConfig(), 3600.0)
     assert [s.job_id for s in p.starts] == [3]
 
 
@@ -246,7 +246,7 @@ def test_las_starvation_guard_promotes_a_long_waiting_job():
     nodes = [node("a", 1)]
     old = job(1, sub=0.0, attained_gpu_s=40000.0, total_run_s=40000.0)  # ran 40,000 s, then waited 60,000 s
     new = job(2, sub=99000.0)
-    off = plan([old, new], [], nodes, {}, PolicyConfig(policy="las"), 100000.0)
+    off = plan([old, new], [], nodes, {}, PolicyConfig(policy="las", starve_after_s=0), 100000.0)
     assert [s.job_id for s in off.starts] == [2]
     on = plan([old, new], [], nodes, {}, PolicyConfig(policy="las", las_starve_factor=1.0), 100000.0)
     assert [s.job_id for s in on.starts] == [1]

@@ -212,3 +212,48 @@ def test_importing_the_runtime_does_not_import_tensorflow() -> None:
 
 def test_gpu_contract_script_parses() -> None:
     ast.parse((REPO / "tests" / "gpu" / "tf_contract_torch.py").read_text())
+
+
+# ---- SIGTERM phases (gpuq.jobs.tf.stop; pure Python, a real signal to a child process) ----------
+
+STOP_SCRIPT = r"""
+import os, signal, sys, time
+from gpuq.jobs.tf.stop import GUARD, Phase
+phase = sys.argv[1]
+if phase != "import":
+    GUARD.enter(Phase(phase))
+if phase == "training":
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(0.05)
+    print("remembered", GUARD.stop_requested, flush=True)
+    GUARD.enter(Phase.FINISHED)  # the final save is done: the pending SIGTERM exits now
+else:
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(5)
+print("not reached", flush=True)
+"""
+
+
+@pytest.mark.parametrize("phase, exit_code, says", [
+    ("before-training", 75, "SIGTERM before training started"),
+    ("training", 75, "remembered True"),
+    ("finished", 75, "SIGTERM after training finished"),
+    ("import", -15, ""),  # not under gpuq and nothing installed the guard: the default action
+])
+def test_sigterm_never_kills_a_guarded_script(phase: str, exit_code: int, says: str) -> None:
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-c", STOP_SCRIPT, phase], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == exit_code, done.stdout + done.stderr
+    assert says in done.stdout and "not reached" not in done.stdout
+    if phase == "training":
+        assert "SIGTERM after training finished" in done.stdout
+
+
+def test_importing_the_runtime_under_gpuq_guards_sigterm() -> None:
+    code = ("import os, signal, time, gpuq.jobs.tf; os.kill(os.getpid(), signal.SIGTERM); time.sleep(5); "
+            "print('not reached')")
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "GPUQ_JOB_ID": "7", "GPUQ_REQUEUE_EXIT_CODE": "75"}
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=30)
+    assert done.returncode == 75 and "SIGTERM before training started" in done.stdout, done.stdout + done.stderr

@@ -78,7 +78,7 @@ class TrainingRun:
         self._last_saved_step = self.start_step if self.manager.latest_checkpoint else -1
         self._last_save_s = time.monotonic()
         self._loss: Any = None
-        self.progress = ProgressReporter(progress_file_from_env(), total_steps, start_step=self.start_step)
+        self.progress = ProgressReporter(progress_file_from_env(), self.total_steps, start_step=self.start_step)
 
     def _checkpoint_objects(self, model: Any, optimizer: Any, extra: Mapping[str, Any] | None) -> dict[str, Any]:
         objects: dict[str, Any] = {"step": self.step, "rng": self.rng}
