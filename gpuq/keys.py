@@ -63,3 +63,10 @@ def node_running(name: str) -> str:
 def rq_queue_name(node_name: str) -> str:
     """The RQ queue that a node's workers serve."""
     return f"gpuq-node-{node_name}"
+
+
+#: Who held which GPU (the dashboard's 24-hour timeline): hash "<job id>:<run start>" -> JSON
+#: {job, user, node, gpus, start, end}; and a zset of the same members by their last-seen end,
+#: for pruning what is older than a day.
+GPU_HOLDS = PREFIX + "gpu_holds"
+GPU_HOLDS_BY_END = PREFIX + "gpu_holds:by_end"

@@ -383,6 +383,35 @@ class Store:
                 pipe.set(keys.INDEX_VERSION, INDEX_VERSION)
                 pipe.execute()
 
+    def record_gpu_holds(self, holds: Sequence[Mapping[str, Any]], keep_after: float) -> None:
+        """The dashboard's timeline: each running job's GPUs as last seen (``holds``: dicts with
+        job, start, end, ...), one member per run; holds that ended before ``keep_after`` go."""
+        with _wrap("recording GPU holds"):
+            with self.r.pipeline(transaction=True) as pipe:
+                for h in holds:
+                    member = f"{h['job']}:{h['start']!r}"
+                    pipe.hset(keys.GPU_HOLDS, member, json.dumps(dict(h)))
+                    pipe.zadd(keys.GPU_HOLDS_BY_END, {member: h["end"]})
+                old = self.r.zrangebyscore(keys.GPU_HOLDS_BY_END, "-inf", f"({keep_after}")
+                if old:
+                    pipe.hdel(keys.GPU_HOLDS, *old)
+                    pipe.zrem(keys.GPU_HOLDS_BY_END, *old)
+                pipe.execute()
+
+    def gpu_holds(self) -> list[dict[str, Any]]:
+        """Every recorded GPU hold (readable ones; a malformed entry is skipped)."""
+        with _wrap("reading GPU holds"):
+            raw = self.r.hvals(keys.GPU_HOLDS)
+        out = []
+        for v in raw:
+            try:
+                d = json.loads(v)
+            except ValueError:
+                continue
+            if isinstance(d, dict):
+                out.append(d)
+        return out
+
     def finished_ids(self, since: float | None, until: float | None, offset: int, count: int) -> list[int]:
         """Ids of jobs that ended in [since, until), newest first (for `gpuq history`)."""
         hi = f"({until}" if until is not None else "+inf"
