@@ -375,20 +375,18 @@ class Harness:
                 time.sleep(1.0)  # a supervisor may be recording its job's end this moment
                 if _alive(spid) and (self.jobs([job_id]) or [{}])[0].get("state") != "running":
                     self._fail(f"orphan: supervisor {spid} of job {job_id}, which is not running")
-        from gpuq.workers.cgroup import scope_name
-
-        cg = Path("/sys/fs/cgroup/freezer/gpuq") / scope_name(self.node, self.home)
-        if cg.exists():
-            for d in cg.iterdir():
-                if d.name.startswith("job-") and d.name[4:].isdigit():
-                    jid = int(d.name[4:])
-                    try:
-                        pids = [int(x) for x in (d / "cgroup.procs").read_text().split()]
-                    except OSError:
-                        continue
-                    if pids and jid not in running and jid not in sups and \
-                            (self.jobs([jid]) or [{}])[0].get("state") != "running":  # placed since
-                        self._fail(f"orphan: processes {pids} left in the cgroup of job {jid}", jid)
+        cgroups = (p for cg in Path("/sys/fs/cgroup/freezer/gpuq").glob(f"{self.node}.*") for p in cg.iterdir())
+        for d in cgroups:
+            if not (d.name.startswith("job-") and d.name[4:].isdigit()):
+                continue
+            jid = int(d.name[4:])
+            try:
+                pids = [int(x) for x in (d / "cgroup.procs").read_text().split()]
+            except OSError:
+                continue
+            if pids and jid not in running and jid not in sups and \
+                    (self.jobs([jid]) or [{}])[0].get("state") != "running":  # placed since
+                self._fail(f"orphan: processes {pids} left in the cgroup of job {jid}", jid)
         dup = [job_id for job_id, _ in self._our_supervisors()]
         for job_id in set(dup):
             if dup.count(job_id) > 1:

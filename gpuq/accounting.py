@@ -61,7 +61,10 @@ def time_left_s(job: Job, now: float) -> float:
     limit = job.spec.time_limit_s
     if limit is None:
         return INF
-    return limit - total_run_s(job, now)
+    started = job.started_at  # (total_run_s, inlined: plan() asks this of every waiting job)
+    if started is None or now <= started:
+        return limit - job.total_run_s
+    return limit - job.total_run_s - (now - started)
 
 
 def out_of_time(job: Job, now: float) -> bool:

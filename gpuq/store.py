@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import secrets
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -31,6 +32,9 @@ INDEX_VERSION = "2"
 #: Evidence kept of a record set aside (its raw text, cut to this many characters).
 SET_ASIDE_RAW_CHARS = 65536
 QUEUED_STATES = (JobState.PENDING, JobState.HELD)
+#: Decoded records kept, keyed by their exact stored bytes (a Job is immutable, so an unchanged
+#: record is never decoded twice: status and the scheduler's load stay cheap on a long queue).
+DECODED_CACHE_MAX = 20000
 
 _LEADER_LUA = """
 local cur = redis.call('GET', KEYS[1])
@@ -119,6 +123,7 @@ def _dump_env(job: Job) -> str:
 class Store:
     def __init__(self, client: redis.Redis):
         self.r = client
+        self._decoded: dict[bytes | str, Job] = {}
         self._leader = self.r.register_script(_LEADER_LUA)
 
     @classmethod
@@ -128,6 +133,14 @@ class Store:
     def ping(self) -> None:
         with _wrap("connecting"):
             self.r.ping()
+
+    def store_id(self) -> str:
+        """This store's random id, created by the first daemon that asks.  Job ids are unique only
+        within one store, so whatever names a job outside Redis (its cgroup) carries this id too."""
+        with _wrap("reading the store id"):
+            self.r.set(keys.STORE_ID, secrets.token_hex(4), nx=True)
+            raw = self.r.get(keys.STORE_ID)
+        return raw.decode() if isinstance(raw, bytes) else str(raw)
 
     # ---- jobs ---------------------------------------------------------------------------------
 
@@ -289,6 +302,10 @@ class Store:
 
     def _load_or_set_aside(self, job_id: int, raw: bytes | str | None,
                            env_raw: bytes | str | None = None) -> Job | None:
+        if env_raw is None and raw is not None:
+            cached = self._decoded.get(raw)
+            if cached is not None and cached.id == job_id:
+                return cached
         try:
             job = _load(raw, env_raw)
         except BadRecord as e:
@@ -300,6 +317,10 @@ class Store:
         if job is not None and job.id != job_id:
             self.set_aside(job_id, raw or "", f"the record under id {job_id} says it is job {job.id}")
             raise RecordSetAside(f"job {job_id}'s stored record names another job, so it was set aside.")
+        if env_raw is None and raw is not None and job is not None:
+            if len(self._decoded) >= DECODED_CACHE_MAX:
+                self._decoded.clear()  # simple bound; the next reads refill it
+            self._decoded[raw] = job
         return job
 
     def set_aside(self, job_id: int, raw: bytes | str, error: str, now: float | None = None) -> None:
@@ -367,6 +388,35 @@ class Store:
                     pipe.sadd(keys.user_queued(uid), *ids)
                 pipe.set(keys.INDEX_VERSION, INDEX_VERSION)
                 pipe.execute()
+
+    def record_gpu_holds(self, holds: Sequence[Mapping[str, Any]], keep_after: float) -> None:
+        """The dashboard's timeline: each running job's GPUs as last seen (``holds``: dicts with
+        job, start, end, ...), one member per run; holds that ended before ``keep_after`` go."""
+        with _wrap("recording GPU holds"):
+            with self.r.pipeline(transaction=True) as pipe:
+                for h in holds:
+                    member = f"{h['job']}:{h['start']!r}"
+                    pipe.hset(keys.GPU_HOLDS, member, json.dumps(dict(h)))
+                    pipe.zadd(keys.GPU_HOLDS_BY_END, {member: h["end"]})
+                old = self.r.zrangebyscore(keys.GPU_HOLDS_BY_END, "-inf", f"({keep_after}")
+                if old:
+                    pipe.hdel(keys.GPU_HOLDS, *old)
+                    pipe.zrem(keys.GPU_HOLDS_BY_END, *old)
+                pipe.execute()
+
+    def gpu_holds(self) -> list[dict[str, Any]]:
+        """Every recorded GPU hold (readable ones; a malformed entry is skipped)."""
+        with _wrap("reading GPU holds"):
+            raw = self.r.hvals(keys.GPU_HOLDS)
+        out = []
+        for v in raw:
+            try:
+                d = json.loads(v)
+            except ValueError:
+                continue
+            if isinstance(d, dict):
+                out.append(d)
+        return out
 
     def finished_ids(self, since: float | None, until: float | None, offset: int, count: int) -> list[int]:
         """Ids of jobs that ended in [since, until), newest first (for `gpuq history`)."""

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import pwd
 import os
+import pwd
 import sys
 import time
-from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import typer
 
@@ -19,8 +18,7 @@ from gpuq.errors import InvalidInput
 TERMINAL = queue_view.FINISHED
 
 
-@dataclass(frozen=True)
-class Filters:
+class Filters(NamedTuple):
     users: set[str] | None
     states: set[str] | None
     finished: bool

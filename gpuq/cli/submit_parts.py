@@ -4,7 +4,6 @@ default ``--notify`` in ``~/.config/gpuq/config.toml``.  Read with the user's ow
 from __future__ import annotations
 
 import os
-import shlex
 from pathlib import Path
 from typing import Sequence
 
@@ -28,6 +27,8 @@ def read_commands(path: Path) -> list[list[str]]:
         raise InvalidInput(f"--from {path}: no such file; give a file with one command per line.") from None
     if len(data) > MAX_FROM_BYTES:
         raise InvalidInput(f"--from {path} is larger than {MAX_FROM_BYTES // 1024 // 1024} MiB: split it.")
+    import shlex
+
     commands: list[list[str]] = []
     for n, line in enumerate(data.decode("utf-8", "replace").splitlines(), 1):
         if not line.strip() or line.lstrip().startswith("#"):

@@ -19,6 +19,7 @@ from gpuq.jobs.model import Job, JobState, StopKind, StopRequest
 from gpuq.scheduler.dependencies import dependency_ids, dependency_never
 from gpuq.scheduler.policy import Plan, plan
 from gpuq.store import Store
+from gpuq.workers.notify import notify_job_end
 
 log = logging.getLogger("gpuq.scheduler")
 
@@ -78,12 +79,12 @@ class SchedulerLoop:
             if why is None:
                 continue
             reason = f"dependency never satisfied: {why}"
-            self.store.update(
+            notify_job_end(self.store.update(
                 job.id,
                 lambda j, reason=reason: j.transition(JobState.CANCELLED, ended_at=now, end_reason=reason)
                 if j.state in (JobState.PENDING, JobState.HELD) else None,
                 now, event=f"cancelled: {reason}",
-            )
+            ))
 
     def decide(self, world: World, now: float) -> Plan:
         return plan(world.pending, world.running, world.nodes, world.usage, self.cfg.policy, now,

@@ -23,6 +23,7 @@ from gpuq.gpus import snapshot_to_dict
 from gpuq.jobs.model import Job, JobSpec, JobState, Owner, Resources, StopKind, StopRequest
 from gpuq.scheduler.placement import never_fits
 from gpuq.store import Store
+from gpuq.workers.notify import notify_job_end
 
 
 LOG_CHUNK_BYTES = 256 * 1024
@@ -281,6 +282,7 @@ class Service:
             job = self.store.get(job_id)
             self._may_change(caller, job, verb)
             new = self.store.update(job.id, change, self.clock(), event=f"{verb} by {caller.user}")
+            notify_job_end(new)  # a waiting job cancelled here ends here
             final = new or self.store.get(job.id)
             return {"id": job.id, "ok": True, "state": final.state.value, "changed": new is not None,
                     "stopping": final.stop_request is not None,

@@ -49,7 +49,10 @@ class PolicyConfig:
     #: None: on for every policy but fifo (plain FIFO lets the head job block the queue)
     backfill: bool | None = None
     # ---- preemption ----
-    preemption: str = "off"
+    #: off | checkpointable (only jobs submitted --checkpointable are ever preempted);
+    #: None: checkpointable for the policies that rank by service or share (default, fairshare,
+    #: las, srtf), off for fifo and sjf
+    preemption: str | None = None
     #: a job of a user under their share must have waited this long before gpuq preempts for it
     preempt_wait_s: float = 3600.0
     #: a job runs at least this long before it can be preempted (guards against thrashing)
@@ -63,6 +66,11 @@ class PolicyConfig:
     #: to the first queue; 0 (the default) turns it off (on Philly it traded many preemptions
     #: for little gain in the tail, see docs/scheduling.md)
     las_starve_factor: float = 0.0
+    # ---- starvation guard (every policy but fifo) ----
+    #: a job that has waited this long per GPU it asks for (its size) goes ahead of every job
+    #: of its tier that is not starving, so the GPUs held for it (backfill) are its own until it
+    #: starts, whoever submits later; 0 turns the guard off
+    starve_after_s: float = 24 * 3600.0
     # ---- packing of shared (fractional) jobs ----
     #: best (least memory left over; shared GPUs first) or first (lowest node and GPU index)
     packing: str = "best"
@@ -75,13 +83,13 @@ class PolicyConfig:
             raise ConfigError(f"scheduler policy {self.policy!r} is unknown: use one of {', '.join(POLICIES)}.")
         if self.packing not in ("best", "first"):
             raise ConfigError(f"scheduler packing {self.packing!r} is unknown: use best or first.")
-        if self.preemption not in PREEMPTION_MODES:
+        if self.preemption is not None and self.preemption not in PREEMPTION_MODES:
             raise ConfigError(f"scheduler preemption {self.preemption!r} is unknown: use off or checkpointable.")
         for name in ("half_life_s", "default_share", "max_age_s"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"scheduler {name} must be larger than zero.")
         for name in ("weight_fairshare", "weight_age", "preempt_wait_s", "min_run_s", "idle_mem_mib",
-                     "las_starve_factor"):
+                     "las_starve_factor", "starve_after_s"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"scheduler {name} must not be negative.")
         if self.max_preempts_per_cycle < 0:
@@ -103,7 +111,18 @@ class PolicyConfig:
         return self.policy in ("default", "fairshare")
 
     @property
+    def starvation_guard_on(self) -> bool:
+        return self.starve_after_s > 0 and self.policy != "fifo"
+
+    @property
+    def orders_by_service(self) -> bool:
+        """las and default: jobs that received less GPU time go first (Tiresias' 2D-LAS)."""
+        return self.policy in ("las", "default")
+
+    @property
     def preemption_on(self) -> bool:
+        if self.preemption is None:
+            return self.policy in ("default", "fairshare", "las", "srtf")
         return self.preemption == "checkpointable"
 
     def limits_for(self, user: str) -> UserLimits:
@@ -145,7 +164,7 @@ class PolicyConfig:
         d = dict(d)
         kw: dict[str, Any] = {}
         known = {f.name for f in fields(cls)}
-        for dur in ("half_life", "max_age", "preempt_wait", "min_run"):
+        for dur in ("half_life", "max_age", "preempt_wait", "min_run", "starve_after"):
             if dur in d:
                 kw[dur + "_s"] = _duration(d.pop(dur), dur)
         shares = d.pop("shares", {})
@@ -185,7 +204,7 @@ class PolicyConfig:
                 if not isinstance(v, bool):
                     raise ConfigError(f"scheduler {k} must be true or false.")
                 kw[k] = v
-            elif isinstance(default, str):
+            elif isinstance(default, str) or k == "preemption":
                 if not isinstance(v, str):
                     raise ConfigError(f"scheduler {k} must be a string.")
                 kw[k] = v

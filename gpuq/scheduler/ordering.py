@@ -21,7 +21,7 @@ import bisect
 import heapq
 from collections import Counter
 import math
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Callable, Iterable, Iterator, Mapping
 
 from gpuq import accounting
 from gpuq.jobs.model import Job
@@ -29,7 +29,6 @@ from gpuq.scheduler.config import PolicyConfig
 from gpuq.scheduler.placement import Shape, shape_of
 
 INF = math.inf
-_PROMOTED = "\0promoted"  # the queue of starving las jobs (no user name holds a NUL)
 
 
 def las_level(attained_gpu_s: float, thresholds: tuple[float, ...]) -> int:
@@ -49,10 +48,19 @@ def static_key_fn(config: PolicyConfig) -> Callable[[Job], tuple]:
                           j.submitted_at, j.id)
     if p == "srtf":
         return lambda j: (-j.spec.priority, _time_left_waiting(j), j.submitted_at, j.id)
-    if p == "las":
+    if config.orders_by_service:  # las, default
         th = config.las_thresholds_gpu_s
         return lambda j: (-j.spec.priority, las_level(j.attained_gpu_s, th), j.submitted_at, j.id)
     return lambda j: (-j.spec.priority, j.submitted_at, j.id)
+
+
+#: the second element of a starving job's key: before every other job of its tier
+STARVING = -INF
+
+
+def waited_s(job: Job, now: float) -> float:
+    """How long a waiting job has waited in all: since it was submitted, less the time it ran."""
+    return now - job.submitted_at - job.total_run_s
 
 
 def las_promoted(job: Job, factor: float, now: float) -> bool:
@@ -66,14 +74,14 @@ def las_promoted(job: Job, factor: float, now: float) -> bool:
 def effective_key(job: Job, config: PolicyConfig, now: float) -> tuple:
     """A pending job's key as plan() orders it now (las: a starving job is back in queue 0)."""
     key = static_key_fn(config)(job)
-    if config.policy == "las" and key[1] > 0 and las_promoted(job, config.las_starve_factor, now):
+    if config.orders_by_service and key[1] > 0 and las_promoted(job, config.las_starve_factor, now):
         return (key[0], 0) + key[2:]
     return key
 
 
 def running_key(job: Job, config: PolicyConfig, now: float) -> tuple:
     """Where a running job would sort among pending ones (for preemption by las/srtf)."""
-    if config.policy == "las":
+    if config.orders_by_service:
         attained = accounting.attained_gpu_s(job, now)
         return (-job.spec.priority, bisect.bisect_right(config.las_thresholds_gpu_s, attained))
     if config.policy == "srtf":
@@ -100,7 +108,10 @@ class PendingIndex:
 
     def __init__(self, config: PolicyConfig, jobs: Iterable[Job] = ()) -> None:
         self.policy = config.policy
+        self.by_service = config.orders_by_service
         self.las_thresholds = config.las_thresholds_gpu_s
+        #: for the starvation guard: per size (GPUs, at least 1), (submitted + run time, id), sorted
+        self.by_size: dict[int, list[tuple[float, int]]] = {}
         self._key = static_key_fn(config)
         self.jobs: dict[int, Job] = {}
         self.queues: dict[str, list[tuple]] = {}
@@ -111,12 +122,14 @@ class PendingIndex:
         self.shapes: dict[int, Shape] = {}  # each waiting job's request shape
         #: las: jobs below the first queue (they may be promoted when they starve)
         self.deep: dict[int, Job] = {}
+        self._unsorted = False  # queues are sorted (bulk loads sort them lazily)
         self._load(jobs)
 
     def _load(self, jobs: Iterable[Job]) -> None:
         """Bulk load: append to each user's queue, then sort each queue once."""
         key = self._key
-        las = self.policy == "las"
+        las = self.by_service
+        by_size = self.by_size
         all_jobs, keys, queues, groups, shapes = self.jobs, self._keys, self.queues, self.groups, self.shapes
         for j in jobs:
             jid = j.id
@@ -132,15 +145,28 @@ class PendingIndex:
             q.append(k)
             if las and k[1] > 0:
                 self.deep[jid] = j
-            shapes[jid] = shape_of(j.spec.resources)
-        for q in queues.values():
-            q.sort()
+            shape = shapes[jid] = shape_of(j.spec.resources)
+            size = shape.gpus or 1
+            lst = by_size.get(size)
+            if lst is None:
+                lst = by_size[size] = []
+            lst.append((j.submitted_at + j.total_run_s, jid))
+        self._unsorted = True  # sorted when first needed: a complete ordering sorts all keys anyway
         self.shape_counts = dict(Counter(shapes.values()))
 
     def matches(self, config: PolicyConfig) -> bool:
         return self.policy == config.policy and self.las_thresholds == config.las_thresholds_gpu_s
 
+    def _sort_queues(self) -> None:
+        if self._unsorted:
+            for q in self.queues.values():
+                q.sort()
+            for lst in self.by_size.values():
+                lst.sort()
+            self._unsorted = False
+
     def add(self, job: Job) -> None:
+        self._sort_queues()
         if job.id in self.jobs:
             self.remove(job.id)
         key = self._key(job)
@@ -150,20 +176,24 @@ class PendingIndex:
         self.shape_counts[shape] = self.shape_counts.get(shape, 0) + 1
         q = self.queues.setdefault(job.owner.user, [])
         self.groups[job.owner.user] = job.owner.groups
-        if self.policy == "las" and key[1] > 0:
+        if self.by_service and key[1] > 0:
             self.deep[job.id] = job
+        bisect.insort(self.by_size.setdefault(shape.gpus or 1, []), (job.submitted_at + job.total_run_s, job.id))
         if not q or q[-1] < key:
             q.append(key)
         else:
             bisect.insort(q, key)
 
     def remove(self, job_id: int) -> Job | None:
+        self._sort_queues()
         job = self.jobs.pop(job_id, None)
         if job is None:
             return None
         key = self._keys.pop(job_id)
         self.deep.pop(job_id, None)
         shape = self.shapes.pop(job_id)
+        lst = self.by_size[shape.gpus or 1]
+        del lst[bisect.bisect_left(lst, (job.submitted_at + job.total_run_s, job_id))]
         self.shape_counts[shape] -= 1
         if not self.shape_counts[shape]:
             del self.shape_counts[shape]
@@ -183,56 +213,77 @@ class PendingIndex:
 
     def ordered(self, score_of_user: Mapping[str, float] | None, config: PolicyConfig, now: float,
                 complete: bool = False) -> Iterable[Job]:
-        """Jobs in policy order.
+        """Jobs in policy order: in each tier, starving jobs first (the starvation guard), then
+        the policy's order.
 
         ``score_of_user`` is each user's fair-share part (weight * factor) for default and
         fairshare; None for the other policies.  ``complete``: the caller will take every job
         (the daemon explains each), so one sort of all keys beats a lazy k-way merge.
         """
-        jobs = self.jobs
-        promoted = False
+        if not complete:
+            self._sort_queues()
+        extra = self._starving_keys(config, now) + self._promoted_keys(config, now)
         if score_of_user is None:
-            queues, promoted = self._queues_with_promoted(config, now)
-            keys: Iterable[tuple] = sorted(k for q in queues.values() for k in q) if complete else \
-                heapq.merge(*queues.values())
+            queues: list[Iterable[tuple]] = list(self.queues.values())
         else:
-            keys = self._fair_keys(score_of_user, config, now, complete)
-        if promoted:
-            return _first_of_each(jobs, keys)
+            queues = [self._fair_keys(user, q, score_of_user.get(user, 0.0), config, now, complete)
+                      for user, q in self.queues.items()]
+        if extra:
+            queues.append(sorted(extra))
+        if complete:
+            keys: Iterable[tuple] = sorted(k for q in queues for k in q)
+        else:
+            keys = heapq.merge(*queues)
+        if extra:
+            return _first_of_each(self.jobs, keys)
+        jobs = self.jobs
         if complete:
             return [jobs[k[-1]] for k in keys]
         return (jobs[k[-1]] for k in keys)
 
-    def _queues_with_promoted(self, config: PolicyConfig, now: float) -> tuple[dict[Any, list[tuple]], bool]:
-        """The per-user queues, plus (las with the starvation guard) a queue of starving jobs
-        back in the first LAS queue; and whether there is one."""
-        queues: dict[Any, list[tuple]] = dict(self.queues)
-        if self.policy == "las" and self.deep and config.las_starve_factor > 0:
-            f = config.las_starve_factor
-            up = sorted((self._keys[j.id][0], 0) + self._keys[j.id][2:]
-                        for j in self.deep.values() if las_promoted(j, f, now))
-            if up:
-                queues[_PROMOTED] = up
-                return queues, True
-        return queues, False
+    def most_starved(self, config: PolicyConfig, now: float) -> int | None:
+        """The starvation guard: a job that waited ``starve_after_s`` per GPU it asks for has
+        starved; of those, the one whose bound ran out first (None: no job starves).  It goes
+        first in its tier, so it is the head job and the GPUs held for it stay its own."""
+        if not config.starvation_guard_on:
+            return None
+        best: tuple[float, int] | None = None
+        for size, lst in self.by_size.items():
+            if not lst:
+                continue
+            eff, jid = lst[0] if not self._unsorted else min(lst)
+            deadline = eff + config.starve_after_s * size
+            if deadline <= now and (best is None or (deadline, jid) < best):
+                best = (deadline, jid)
+        return None if best is None else best[1]
 
-    def _fair_keys(self, score_of_user: Mapping[str, float], config: PolicyConfig, now: float,
+    def _starving_keys(self, config: PolicyConfig, now: float) -> list[tuple]:
+        jid = self.most_starved(config, now)
+        if jid is None:
+            return []
+        return [(self._keys[jid][0], STARVING, self.jobs[jid].submitted_at, jid)]
+
+    def _promoted_keys(self, config: PolicyConfig, now: float) -> list[tuple]:
+        """las/default with ``las_starve_factor``: jobs that waited long enough go back to the
+        first LAS queue (Tiresias' promotion)."""
+        if not (self.by_service and self.deep and config.las_starve_factor > 0):
+            return []
+        f = config.las_starve_factor
+        keys = self._keys
+        return [(keys[j.id][0], 0) + keys[j.id][2:] for j in self.deep.values() if las_promoted(j, f, now)]
+
+    @staticmethod
+    def _fair_keys(user: str, q: list[tuple], score: float, config: PolicyConfig, now: float,
                    complete: bool) -> Iterable[tuple]:
-        """default and fairshare: within a tier, ``score(user) + weight_age * age`` first."""
+        """default and fairshare: within a tier (default: within a LAS queue too),
+        ``score(user) + weight_age * age`` first, then submit order."""
         w_age = config.weight_age
         max_age = config.max_age_s
-
-        def user_keys(user: str, q: list[tuple]) -> list[tuple] | Iterator[tuple]:
-            score = score_of_user.get(user, 0.0)
-            full = now - max_age  # submitted before this: the age part is full
-            keyed = ((tier, -(score + w_age * (1.0 if sub <= full else (now - sub) / max_age if sub < now else 0.0)),
-                      sub, jid) for tier, sub, jid in q)
-            return list(keyed) if complete else keyed
-
-        if complete:
-            out: list[tuple] = []
-            for user, q in self.queues.items():
-                out += user_keys(user, q)
-            out.sort()
-            return out
-        return heapq.merge(*(user_keys(user, q) for user, q in self.queues.items()))
+        full = now - max_age  # submitted before this: the age part is full
+        if len(q) and len(q[0]) == 4:  # default: (tier, LAS queue, submitted, id)
+            gen4 = ((tier, level, -(score + w_age * (1.0 if sub <= full else (now - sub) / max_age if sub < now else 0.0)),
+                     sub, jid) for tier, level, sub, jid in q)
+            return list(gen4) if complete else gen4
+        gen3 = ((tier, -(score + w_age * (1.0 if sub <= full else (now - sub) / max_age if sub < now else 0.0)),
+                 sub, jid) for tier, sub, jid in q)
+        return list(gen3) if complete else gen3

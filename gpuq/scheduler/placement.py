@@ -207,6 +207,10 @@ class Cluster:
         for i in gpus:
             self._holds[i] = h
 
+    def release_holds(self) -> None:
+        """Keep no GPU for anyone any more."""
+        self._holds = {}
+
     def held(self, i: int) -> Hold | None:
         return self._holds.get(i)
 
@@ -307,29 +311,45 @@ class Cluster:
         """One GPU for a shared job without scanning every GPU: GPUs already shared (or used
         outside gpuq) first, least memory left over (best) or lowest number (first); else an idle GPU."""
         t = self.t
-        best: tuple | None = None
-        for i in self.partial.union(t.foreign):
-            if self.fits(i, res, end_at):
-                rank = (i,) if packing == "first" else (self.free_mib(i) - res.request_mib(t.total[i]), i)
-                if best is None or rank < best:
-                    best = rank
+        first = packing == "first"
+        need_for: dict[int, int] = {}  # GPU size -> memory the job reserves on it
+        best = self._best_shared(self.partial.union(t.foreign), res, end_at, first, need_for)
         if best is None:
             for k, idxs in enumerate(t.node_slots):
                 if not self.idle_count[k]:
                     continue
-                for i in idxs:
-                    if self.is_idle(i) and self.usable(i, end_at) and t.total[i] >= res.request_mib(t.total[i]):
-                        rank = (i,) if packing == "first" else (t.total[i] - res.request_mib(t.total[i]), i)
-                        if best is None or rank < best:
-                            best = rank
-                        if packing == "first":
-                            break
-                if packing == "first" and best is not None:
+                got = self._best_shared((i for i in idxs if self.is_idle(i)), res, end_at, first, need_for)
+                if got is not None and (best is None or got < best):
+                    best = got
+                if first and best is not None:
                     break
         if best is None:
             return None
         i = best[-1]
         return t.names[t.node_of[i]], [i]
+
+    def _best_shared(self, candidates: Iterable[int], res: Resources, end_at: float, first: bool,
+                     need_for: dict[int, int]) -> tuple | None:
+        """The best rank among ``candidates`` for one GPU of a shared job (or None)."""
+        total, used, reserved, holds = self.t.total, self.t.used, self.reserved, self._holds
+        best: tuple | None = None
+        for i in candidates:
+            if holds:
+                h = holds.get(i)
+                if h is not None and not h.admits(end_at):
+                    continue
+            tot = total[i]
+            need = need_for.get(tot)
+            if need is None:
+                need = need_for[tot] = res.request_mib(tot)
+            taken = reserved[i] if reserved[i] > used[i] else used[i]
+            left = tot - taken - need
+            if left < 0:
+                continue
+            rank = (i,) if first else (left, i)
+            if best is None or rank < best:
+                best = rank
+        return best
 
     def fit_gang(self, res: Resources, end_at: float = INF) -> tuple[str, list[int]] | None:
         """Whole GPUs spread over several nodes (fullest-idle nodes first) for a job wider than any node."""

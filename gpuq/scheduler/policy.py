@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, NamedTuple, Sequence
 
 from gpuq import accounting
 from gpuq.gpus import NodeSnapshot
@@ -131,7 +131,9 @@ class _Cycle:
         self.head_hold: HeadHold | None = None
         self.failed = _Failures(self.cluster.max_node_gpus)
         self.never: dict[Shape, str | None] = {}
-        self.held_only: dict[tuple[Shape, bool], bool] = {}  # blocked only by the head's hold?
+        #: request shape -> how to explain the wait of a job that [cannot, can] use held GPUs,
+        #: once such a request failed this cycle
+        self.known: dict[Shape, list[_Known | None]] = {}
         self.waiting_ahead = 0
         self.phrase = _AHEAD[config.policy]
         self._saturation_mark: tuple[int, int] = (-1, -1)
@@ -139,32 +141,61 @@ class _Cycle:
 
     # ---- the steps ----
     def place_in_order(self) -> None:
-        """Phase 1: try each job in order until nothing more can start.  Phase 2 (the daemon):
-        explain why each remaining job waits, which needs no more placement."""
-        order = iter(self._in_order())
+        """Each job in order: one that may not start gets its reason; one whose kind of request
+        already failed this cycle waits (the fast path: most of a long queue); any other is tried.
+        The simulator (no reasons) stops as soon as nothing more could start."""
+        reasons, shapes, known = self.reasons, self.index.shapes, self.known
         present = {s for s, n in self.index.shape_counts.items() if n > 0}
-        for job in order:
-            self._consider(job)
-            if self._saturated(present) and \
-                    not (not self.explain and self.config.preemption_on and len(self.blocked) < PREEMPT_CANDIDATES):
+        start_at = None  # the head's expected start, once known
+        behind_head = False  # fifo: everyone waits behind the head
+        plain_pending, never, checks, now = JobState.PENDING, self.never, self.limits.on, self.now
+        time_left_s, wait = accounting.time_left_s, self._wait
+        for job in self._in_order():
+            shape = shapes[job.id]
+            spec = job.spec
+            if job.state is not plain_pending or checks or spec.after or spec.after_any or spec.after_notok or \
+                    spec.array is not None or never.get(shape, "") is not None:
+                why = self._not_eligible(job, shape)
+                if why is not None:
+                    reasons[job.id] = why
+                    continue
+            if behind_head:
+                self._wait_behind_head(job)
+                continue
+            may = start_at is not None and job.spec.time_limit_s is not None and \
+                now + max(time_left_s(job, now), 0.0) <= start_at
+            kinds = known.get(shape)
+            got = kinds[may] if kinds is not None else None
+            if got is not None:  # the same request already failed this cycle
+                wait(job, got)
+                continue
+            self._try_start(job, shape, may)
+            if self.head is not None:
+                behind_head = not self.config.backfill_on
+                start_at = self.head_hold.start_at if self.head_hold is not None else None
+            if not self.explain and self._saturated(present):
                 break
         if self.explain:
-            self._explain_waiting(order)
             self._explain_the_rest()
 
-    def _consider(self, job: Job) -> None:
-        shape = self.index.shapes[job.id]
-        why = self._not_eligible(job, shape)
-        if why is not None:
-            self.reasons[job.id] = why
-        elif self.head is not None and not self.config.backfill_on:
-            self._wait_behind_head(job)
-        elif not self._try_start(job, shape):
-            self.waiting_ahead += 1
+    def _wait(self, job: Job, known: "_Known") -> None:
+        """The job waits: its kind of request already failed this cycle."""
+        n = self.waiting_ahead
+        if self.explain:
+            if known.held_only:
+                self.reasons[job.id] = known.text + _n_ahead(n, self.phrase) + known.tail
+            else:
+                self.reasons[job.id] = known.text + "; " + _n_ahead(n, self.phrase) if n else known.text
+        self.waiting_ahead = n + 1
+        if len(self.blocked) < PREEMPT_CANDIDATES:
+            self.blocked.append(job)
 
     def _saturated(self, present: set[Shape]) -> bool:
-        """Nothing more can start this cycle: every kind of request still waiting already failed.
-        (Re-checked only when a start or a new failure changed the answer.)"""
+        """(simulator) Nothing more can start this cycle: every kind of request still waiting
+        already failed, and (with preemption) enough candidates were found.  Re-checked only when
+        a start or a new failure may have changed the answer."""
+        if self.config.preemption_on and len(self.blocked) < PREEMPT_CANDIDATES:
+            return False
         mark = (len(self.starts), len(self.failed.exact))
         if mark == self._saturation_mark:
             return self._saturation
@@ -174,56 +205,8 @@ class _Cycle:
         elif not self.cluster.could_fit_anything() and self.head is not None:
             self._saturation = True
         else:
-            self._saturation = self.failed.covers_all(present, self.never, self._held_usable(),
-                                                      cpu_later=self.explain)
+            self._saturation = self.failed.covers_all(present, self.never, self._held_usable())
         return self._saturation
-
-    def _explain_waiting(self, rest: Iterable[Job]) -> None:
-        """Phase 2: nothing more fits, so each remaining job gets its reason from the failures
-        already seen (CPU-only jobs still start).  One tight loop: it runs for most of the queue."""
-        reasons, shapes, blocked = self.reasons, self.index.shapes, self.blocked
-        known: dict[tuple[Shape, bool], tuple[str, bool]] = {}
-        hold = self.head_hold
-        start_at = hold.start_at if hold is not None and hold.start_at is not None else None
-        behind_head = self.head is not None and not self.config.backfill_on
-        now = self.now
-        for job in rest:
-            shape = shapes[job.id]
-            why = self._not_eligible(job, shape)
-            if why is not None:
-                reasons[job.id] = why
-                continue
-            if behind_head:
-                self._wait_behind_head(job)
-                continue
-            if shape.gpus == 0:
-                self._start_cpu_only(job)
-                continue
-            may = start_at is not None and job.spec.time_limit_s is not None and \
-                now + max(accounting.time_left_s(job, now), 0.0) <= start_at
-            got = known.get((shape, may))
-            if got is None:
-                got = known[(shape, may)] = self._waiting_reason(job, shape, may)
-            prefix, held_only = got
-            n = self.waiting_ahead
-            if held_only:
-                reasons[job.id] = prefix.format(ahead=_n_ahead(n, self.phrase))
-            else:
-                reasons[job.id] = prefix + (f"; {_n_ahead(n, self.phrase)}" if n else "")
-            self.waiting_ahead = n + 1
-            if len(blocked) < PREEMPT_CANDIDATES:
-                blocked.append(job)
-
-    def _waiting_reason(self, job: Job, shape: Shape, may_use_held: bool) -> tuple[str, bool]:
-        """(reason without the jobs ahead, blocked only by the head's hold?) for a request."""
-        why = self.failed.get(shape, may_use_held)
-        if why is None:
-            why = self.cluster.why_not(job.spec.resources)
-            self.failed.add(shape, may_use_held, why)
-        if self.head is not None and self._held_only(job, shape, may_use_held):
-            return (f"priority: {{ahead}}; the free GPUs are held for job {self.head.id}"
-                    + self._expected().replace("{", "{{").replace("}", "}}"), True)
-        return why, False
 
     def _in_order(self) -> Iterator[Job]:
         cfg = self.config
@@ -246,22 +229,23 @@ class _Cycle:
 
     def _wait_behind_head(self, job: Job) -> None:
         """fifo without backfill: everyone after the head waits for it."""
-        self._note_blocked(job)
+        if len(self.blocked) < PREEMPT_CANDIDATES:
+            self.blocked.append(job)
         if self.explain:
             assert self.head is not None
             self.reasons[job.id] = f"priority: {_n_ahead(self.waiting_ahead, self.phrase)}; job {self.head.id} goes first"
         self.waiting_ahead += 1
 
-    def _try_start(self, job: Job, shape: Shape) -> bool:
-        """Start the job if it fits (True); else block it, with a reason."""
+    def _try_start(self, job: Job, shape: Shape, may_use_held: bool) -> None:
+        """Start the job if it fits; else block it (the first one blocked becomes the head)."""
         res = job.spec.resources
         if res.gpus == 0:
-            return self._start_cpu_only(job)
-        end_at = self.now + max(accounting.time_left_s(job, self.now), 0.0)
-        may_use_held = self._held_usable() and end_at <= self.head_hold.start_at  # type: ignore[union-attr]
+            self._start_cpu_only(job)
+            return
         why = self.failed.get(shape, may_use_held)
         if why is None:
             cluster = self.cluster
+            end_at = accounting.expected_end(job, self.now)
             if res.gpus > cluster.max_node_gpus:
                 choice = cluster.fit_gang(res, end_at)
             else:
@@ -272,15 +256,29 @@ class _Cycle:
                 self.starts.append(Start(job.id, placement))
                 self.limits.started(job)
                 self.throttle.started(job)
-                return True
+                return
             why = cluster.why_not(res) if self.explain else "-"
             self.failed.add(shape, may_use_held, why)
-        self._note_blocked(job)
         if self.head is None:
             self._make_head(job, why)
-        elif self.explain:
-            self.reasons[job.id] = self._blocked_reason(job, shape, may_use_held, why)
-        return False
+            self.waiting_ahead += 1
+            if len(self.blocked) < PREEMPT_CANDIDATES:
+                self.blocked.append(job)
+            return
+        kinds = self.known.setdefault(shape, [None, None])
+        got = kinds[may_use_held] = self._known(job, shape, may_use_held, why)
+        self._wait(job, got)
+
+    def _known(self, job: Job, shape: Shape, may_use_held: bool, why: str) -> "_Known":
+        """How to explain the wait of any job of this kind of request, from now on this cycle."""
+        if not self.explain:
+            return _Known("", False, "")
+        assert self.head is not None
+        with self.cluster.holds_lifted():
+            held_only = self.cluster.fit(job.spec.resources) is not None
+        if held_only:
+            return _Known("priority: ", True, f"; the free GPUs are held for job {self.head.id}" + self._expected())
+        return _Known(why, False, "")
 
     def _start_cpu_only(self, job: Job) -> bool:
         """Start a CPU-only job in a free CPU slot (a node resource, like a GPU); or say why it
@@ -296,10 +294,6 @@ class _Cycle:
         self.starts.append(Start(job.id, Placement(node=node)))
         return True
 
-    def _note_blocked(self, job: Job) -> None:
-        if len(self.blocked) < PREEMPT_CANDIDATES:
-            self.blocked.append(job)
-
     def _make_head(self, job: Job, why: str) -> None:
         """The first job that does not fit: hold GPUs for it (backfill)."""
         self.head = job
@@ -308,23 +302,9 @@ class _Cycle:
         if self.explain:
             self.reasons[job.id] = why + self._expected()
 
-    def _held_only(self, job: Job, shape: Shape, may_use_held: bool) -> bool:
-        """Would the job fit but for the GPUs held for the head?"""
-        key = (shape, may_use_held)
-        held_only = self.held_only.get(key)
-        if held_only is None:
-            with self.cluster.holds_lifted():
-                held_only = self.held_only[key] = self.cluster.fit(job.spec.resources) is not None
-        return held_only
-
-    def _blocked_reason(self, job: Job, shape: Shape, may_use_held: bool, why: str) -> str:
-        ahead = _n_ahead(self.waiting_ahead, self.phrase)
-        if self._held_only(job, shape, may_use_held):
-            assert self.head is not None
-            return f"priority: {ahead}; the free GPUs are held for job {self.head.id}" + self._expected()
-        return why + (f"; {ahead}" if self.waiting_ahead else "")
-
     def _explain_the_rest(self) -> None:
+        if len(self.reasons) + len(self.starts) == len(self.index):
+            return  # every job has its reason (the usual case)
         started = {s.job_id for s in self.starts}
         for job in self.index:
             if job.id not in self.reasons and job.id not in started:
@@ -349,6 +329,16 @@ class _Cycle:
         if self.head_hold is None or self.head_hold.start_at is None:
             return ""
         return f" (expected to start in {format_duration(self.head_hold.start_at - self.now)})"
+
+
+class _Known(NamedTuple):
+    """How to explain the wait of a kind of request that failed this cycle: ``text`` is the
+    reason; when ``held_only`` (it would fit but for the GPUs held for the head job) the reason
+    is ``text`` + the jobs ahead + ``tail``."""
+
+    text: str
+    held_only: bool
+    tail: str
 
 
 class _UserLimits:

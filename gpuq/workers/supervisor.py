@@ -41,6 +41,7 @@ from gpuq.workers.cgroup import JobLimits
 from gpuq.workers.env import build_job_env
 from gpuq.workers.joblog import CappedLog
 from gpuq.workers.launcher import WorkerContext, same_run
+from gpuq.workers.notify import notify_job_end
 
 STOP_POLL_S = 0.25
 PROGRESS_POLL_S = 2.0
@@ -457,6 +458,7 @@ class Supervisor:
         if done is not None and gpu_share > 0 and run_s > 0:
             self._add_usage(job.owner.user, gpu_share, now - run_s, now)
         self.store.wake("job ended")  # one wake, after usage is recorded
+        notify_job_end(done)
         return f"{to.value}: {reason}"
 
     def _add_usage(self, user: str, gpus: float, started_at: float, ended_at: float) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,13 @@ rec["end"] = time.time()
 with open(f"out-{idx}.json", "w") as f:
     json.dump(rec, f)
 """
+
+
+@pytest.fixture
+def daemon(make_daemon):
+    """conftest's daemon, with a node name of its own: job cgroups are named by node and job id, and a
+    test daemon elsewhere on this machine with the same node name reconciles (kills) what it finds."""
+    return make_daemon("--simulate-gpus", "2x24GiB", "--grace", "2s", "--node", f"cli-{uuid.uuid4().hex[:8]}")
 
 
 def _one_error(r, *needles: str) -> None:
@@ -164,7 +172,8 @@ def test_a_config_option_keeps_impossible_dependents(make_daemon, open_tmp):
     base = open_tmp / "keep"
     (base / "home").mkdir(parents=True)
     (base / "home" / "config.toml").write_text("[daemon]\nkeep_impossible_dependents = true\n")
-    d = make_daemon("--simulate-gpus", "1x8GiB", "--grace", "1s", home=base / "home")
+    d = make_daemon("--simulate-gpus", "1x8GiB", "--grace", "1s", "--node", f"cli-{uuid.uuid4().hex[:8]}",
+                    home=base / "home")
     ok = d.submit("--gpus", "0", "--", "true", cwd=open_tmp)
     dep = d.submit("--gpus", "0", "--after-notok", str(ok), "--", "true", cwd=open_tmp)
     d.wait_state(ok, "completed")
@@ -181,3 +190,55 @@ def test_another_user_cannot_change_an_array(daemon, open_tmp, test_users):
     assert r.rc == 1 and r.err.count("only its owner or root") == 3, r.err
     assert {j["state"] for j in daemon.cli("status", str(aid), "--json").json()["jobs"]} <= {"pending", "running"}
     assert daemon.cli("cancel", str(aid), user=alice).rc == 0
+
+
+NOTE = 'echo "$GPUQ_JOB_ID $GPUQ_JOB_STATE [$GPUQ_JOB_EXIT_STATUS] $(id -un)" >> notes.txt'
+
+
+def _notes(path: Path, n: int, timeout: float = 30) -> list[str]:
+    deadline = time.monotonic() + timeout
+    while not path.exists() or len(path.read_text().splitlines()) < n:
+        assert time.monotonic() < deadline, path.read_text() if path.exists() else "no notes"
+        time.sleep(0.1)
+    return sorted(path.read_text().splitlines())
+
+
+def test_notify_runs_as_the_owner_with_the_end_state_and_wait_exits_with_it(daemon, open_tmp, test_users):
+    alice, _ = test_users
+    work = open_tmp / "alice"
+    work.mkdir()
+    os.chown(work, *(lambda pw: (pw.pw_uid, pw.pw_gid))(__import__("pwd").getpwnam(alice)))
+    ok = daemon.submit("--gpus", "0", "--notify", NOTE, "--", "true", cwd=work, user=alice)
+    bad = daemon.submit("--gpus", "0", "--notify", NOTE, "--", "sh", "-c", "exit 4", cwd=work, user=alice)
+    blocker = daemon.submit("--gpus", "2", "--", "sleep", "60", cwd=work, user=alice)
+    daemon.wait_state(blocker, "running")
+    waiting = daemon.submit("--gpus", "1", "--notify", NOTE + "; touch /root/gpuq-notify-was-root", "--", "true",
+                            cwd=work, user=alice)
+    assert daemon.cli("cancel", str(waiting), user=alice).rc == 0
+    w = daemon.cli("wait", str(ok), str(bad), user=alice)
+    assert w.rc == 4, (w.out, w.err)
+    assert _notes(work / "notes.txt", 3) == sorted([f"{ok} completed [0] {alice}", f"{bad} failed [4] {alice}",
+                                                    f"{waiting} cancelled [] {alice}"])
+    assert (work / "notes.txt").stat().st_uid == __import__("pwd").getpwnam(alice).pw_uid
+    assert not Path("/root/gpuq-notify-was-root").exists()  # it ran as alice, not as the root daemon
+    daemon.cli("cancel", str(blocker), user=alice)
+
+
+def test_a_per_user_default_notify_from_the_users_config(daemon, open_tmp, test_users):
+    alice, _ = test_users
+    pw = __import__("pwd").getpwnam(alice)
+    cfg = Path(pw.pw_dir) / ".config" / "gpuq"
+    cfg.mkdir(parents=True, exist_ok=True)
+    (cfg / "config.toml").write_text(f"[submit]\nnotify = '{NOTE}'\n")
+    try:
+        work = open_tmp / "alice2"
+        work.mkdir()
+        os.chown(work, pw.pw_uid, pw.pw_gid)
+        j = daemon.submit("--gpus", "0", "--", "true", cwd=work, user=alice)
+        off = daemon.submit("--gpus", "0", "--notify", "", "--", "true", cwd=work, user=alice)
+        assert daemon.cli("wait", str(j), str(off), user=alice).rc == 0
+        assert _notes(work / "notes.txt", 1) == [f"{j} completed [0] {alice}"]
+        time.sleep(1)
+        assert len((work / "notes.txt").read_text().splitlines()) == 1  # --notify '' turned the default off
+    finally:
+        (cfg / "config.toml").unlink()

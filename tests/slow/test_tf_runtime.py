@@ -74,6 +74,41 @@ out["pipeline"] = {"steps_per_epoch": run.steps_per_epoch, "total": run.total_st
                    "batches": [sorted(b.numpy().tolist()) for _, b in run.batches()]}
 run.finish()
 out["phase_after_finish"] = gq.GUARD.phase.value
+
+# gq.fit refuses what it cannot resume exactly, in one sentence, before touching any checkpoint.
+from gpuq.errors import InvalidInput
+import numpy as np
+refusals = []
+compiled = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+compiled.compile(optimizer="sgd", loss="mse")
+for args, kwargs in [((model_of(2)[0], tf.data.Dataset.range(3).batch(1)), {}),
+                     ((compiled, np.zeros((4, 3))), {}),
+                     ((compiled, tf.data.Dataset.from_tensor_slices((np.zeros((5, 3)), np.zeros(5))).batch(2)), {}),
+                     ((compiled, tf.data.Dataset.range(3).batch(1)), {"shuffle": True})]:
+    try:
+        gq.fit(*args, epochs=1, checkpoint_dir=os.path.join(root, "never"), **kwargs)
+        refusals.append(None)
+    except InvalidInput as e:
+        refusals.append(str(e))
+out["fit_refusals"] = refusals
+
+# Garbage in the checkpoint directory (a hostile user, a bad disk): one clear sentence, never a start over.
+garbage = {"binary-list": {"checkpoint": b"junk \x00\xff{{"},
+           "list-names-none": {"checkpoint": b"model_checkpoint_path: {{{ nonsense\n", "ckpt-5.index": b"x"},
+           "truncated-index": {"checkpoint": b'model_checkpoint_path: "ckpt-5"\n', "ckpt-5.index": b"xx"}}
+out["garbage"] = {}
+for name, files in garbage.items():
+    d = os.path.join(root, name)
+    os.makedirs(d)
+    for fname, data in files.items():
+        with open(os.path.join(d, fname), "wb") as f:
+            f.write(data)
+    try:
+        gq.TrainingRun(total_steps=3, checkpoint_dir=d)
+        out["garbage"][name] = None
+    except CheckpointError as e:
+        out["garbage"][name] = str(e)
+out["fit_wrote_nothing"] = not os.path.exists(os.path.join(root, "never"))
 print("RESULT " + json.dumps(out))
 """
 
@@ -116,6 +151,23 @@ def test_a_non_deterministic_pipeline_is_named_and_batches_come_from_the_dataset
     assert sorted(v for b in pipeline["batches"][:4] for v in b) == [2 * v for v in range(12)]
     assert len(pipeline["batches"]) == 8
     assert result["phase_after_finish"] == "finished"
+
+
+def test_garbage_in_the_checkpoint_directory_is_one_clear_error(result: dict) -> None:
+    garbage = result["garbage"]
+    assert "checkpoint list" in garbage["binary-list"] and "is unreadable" in garbage["binary-list"]
+    assert "names none of them" in garbage["list-names-none"]
+    assert "does not match this model or is damaged" in garbage["truncated-index"]
+    assert all("\n" not in text for text in garbage.values())
+
+
+def test_gq_fit_refuses_what_it_cannot_resume_exactly(result: dict) -> None:
+    uncompiled, arrays, ragged, shuffle = result["fit_refusals"]
+    assert "compile the model before gq.fit" in uncompiled
+    assert "needs a tf.data.Dataset of batches, not ndarray" in arrays
+    assert "drop_remainder=True" in ragged
+    assert "gq.fit decides shuffle= itself" in shuffle
+    assert result["fit_wrote_nothing"]
 
 
 def test_a_run_without_a_model_still_checkpoints_its_step(result: dict) -> None:

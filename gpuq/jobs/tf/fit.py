@@ -125,8 +125,8 @@ def fit(model: Any, data: Any, *, epochs: int, steps_per_epoch: int | None = Non
     for ``epochs`` epochs, resuming exactly from the latest checkpoint; returns Keras's ``History``
     (the epochs trained in this process).
 
-    Other keyword arguments (``validation_data``, ``class_weight`` is not one: weight the samples in
-    the dataset instead) go to ``model.fit``.  As after Keras's ``fit``, an optimizer with
+    Other keyword arguments (``validation_data``, ``validation_freq``, ...) go to ``model.fit``;
+    batching, shuffling and sample weights belong in the dataset.  As after Keras's ``fit``, an optimizer with
     ``use_ema=True`` has copied its moving averages into the model at the end; the final
     checkpoint keeps the raw weights, so a longer run can continue from it.
     """
@@ -141,15 +141,18 @@ def fit(model: Any, data: Any, *, epochs: int, steps_per_epoch: int | None = Non
         raise InvalidInput("gq.fit checkpoints after every step: compile with steps_per_execution=1.")
     if epochs <= 0:
         raise InvalidInput(f"epochs {epochs} must be positive.")
+    if not isinstance(data, tf.data.Dataset):
+        raise InvalidInput(f"gq.fit needs a tf.data.Dataset of batches, not {type(data).__name__}: "
+                           "tf.data.Dataset.from_tensor_slices((x, y)).shuffle(...).batch(...) makes one.")
     strategy = model.distribute_strategy
+    batch_size = tf.nest.flatten(data.element_spec)[0].shape[0]
+    if batch_size is None or batch_size % strategy.num_replicas_in_sync:
+        raise InvalidInput(f"batch the dataset with drop_remainder=True and a batch size divisible by the "
+                           f"{strategy.num_replicas_in_sync} replicas, so every step has the same shape.")
     run = TrainingRun(epochs=epochs, model=model, optimizer=model.optimizer, checkpoint_dir=checkpoint_dir,
                       seed=seed, save_every_steps=save_every_steps, save_every_s=save_every_s,
                       max_to_keep=max_to_keep, steps_per_epoch=steps_per_epoch, extra=extra, data=data)
     spe = run.steps_per_epoch
-    batch_size = tf.nest.flatten(run.data.element_spec)[0].shape[0]
-    if batch_size is None or batch_size % strategy.num_replicas_in_sync:
-        raise InvalidInput(f"batch the dataset with drop_remainder=True and a batch size divisible by the "
-                           f"{strategy.num_replicas_in_sync} replicas, so every step has the same shape.")
     feed = _Feed(run.data.iterator, strategy)
     step_callback = _StepCallback(run, feed)
     stand_in = _stand_in(run.data.element_spec, batch_size)
@@ -165,6 +168,8 @@ def fit(model: Any, data: Any, *, epochs: int, steps_per_epoch: int | None = Non
         histories.append(model.fit(stand_in, epochs=end_epoch, initial_epoch=initial_epoch,
                                    steps_per_epoch=steps, callbacks=[step_callback, *(callbacks or [])],
                                    verbose=verbose, **fit_kwargs))
+        if model.stop_training:  # a callback (EarlyStopping) ended training
+            break
     history = _merge(histories)
     history.run = run
     run.finish()
