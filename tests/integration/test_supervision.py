@@ -187,7 +187,8 @@ def test_nan_and_garbage_progress_never_crash_the_supervisor(daemon, open_tmp):
         "sleep 600\n")
     (open_tmp / "prog.sh").chmod(0o755)
     j = daemon.submit("--gpus", "0", "--", "./prog.sh", cwd=open_tmp)
-    deadline = time.monotonic() + 30
+    daemon.wait_state(j, "running")
+    deadline = time.monotonic() + 60
     while (daemon.job(j).get("progress") or {}).get("step") != 7:
         assert time.monotonic() < deadline, daemon.job(j)
         assert daemon.job(j)["state"] == "running"
