@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import secrets
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -134,6 +135,14 @@ class Store:
     def ping(self) -> None:
         with _wrap("connecting"):
             self.r.ping()
+
+    def store_id(self) -> str:
+        """This store's random id, created by the first daemon that asks.  Job ids are unique only
+        within one store, so whatever names a job outside Redis (its cgroup) carries this id too."""
+        with _wrap("reading the store id"):
+            self.r.set(keys.STORE_ID, secrets.token_hex(4), nx=True)
+            raw = self.r.get(keys.STORE_ID)
+        return raw.decode() if isinstance(raw, bytes) else str(raw)
 
     # ---- jobs ---------------------------------------------------------------------------------
 
