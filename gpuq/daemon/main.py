@@ -15,6 +15,8 @@ import time
 
 from gpuq.config import DaemonConfig
 from gpuq.daemon.api import ApiServer
+from gpuq.daemon.dashboard import start_dashboard
+from gpuq.daemon.metrics import start_metrics
 from gpuq.daemon.embedded_redis import EmbeddedRedis
 from gpuq.daemon.service import Service
 from gpuq.errors import GpuqError, StoreUnavailable
@@ -129,19 +131,21 @@ class Daemon:
             raise
         old_int = signal.signal(signal.SIGINT, self._on_signal)
         old_term = signal.signal(signal.SIGTERM, self._on_signal)
-        containment, note = cgroup.choose(cfg.cgroups, cfg.node)
+        containment, note = cgroup.choose(cfg.cgroups, cgroup.scope_name(cfg.node, store.store_id()))
         (log.info if not isinstance(containment, cgroup.ProcessGroupOnly) else log.warning)("%s", note)
         become_subreaper()
         agent = NodeAgent(store, cfg, probe, url, containment, note)
         lost = LostNodes(cfg.node_lost_s)
         next_lost_check = 0.0
         api: ApiServer | None = None
+        views: list = []  # the opt-in metrics endpoint and dashboard
         sched_thread: threading.Thread | None = None
         try:
             agent.reconcile_on_start()
             agent.tick()
             api = ApiServer(sock, Service(store, cfg, time.time))
             api.start()
+            views = [v for v in (start_metrics(cfg, store), start_dashboard(cfg, store)) if v is not None]
             if cfg.scheduler:
                 loop = SchedulerLoop(store, cfg, on_placed=self._placed, on_wake=self.agent_wake.set)
                 sched_thread = threading.Thread(target=loop.run, args=(self.stop,), name="gpuq-scheduler",
@@ -175,6 +179,8 @@ class Daemon:
         finally:
             if api is not None:
                 api.stop()
+            for v in views:
+                v.stop()
             try:
                 store.wake("shutdown")
             except StoreUnavailable:

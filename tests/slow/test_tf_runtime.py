@@ -91,6 +91,23 @@ for args, kwargs in [((model_of(2)[0], tf.data.Dataset.range(3).batch(1)), {}),
     except InvalidInput as e:
         refusals.append(str(e))
 out["fit_refusals"] = refusals
+
+# Garbage in the checkpoint directory (a hostile user, a bad disk): one clear sentence, never a start over.
+garbage = {"binary-list": {"checkpoint": b"junk \x00\xff{{"},
+           "list-names-none": {"checkpoint": b"model_checkpoint_path: {{{ nonsense\n", "ckpt-5.index": b"x"},
+           "truncated-index": {"checkpoint": b'model_checkpoint_path: "ckpt-5"\n', "ckpt-5.index": b"xx"}}
+out["garbage"] = {}
+for name, files in garbage.items():
+    d = os.path.join(root, name)
+    os.makedirs(d)
+    for fname, data in files.items():
+        with open(os.path.join(d, fname), "wb") as f:
+            f.write(data)
+    try:
+        gq.TrainingRun(total_steps=3, checkpoint_dir=d)
+        out["garbage"][name] = None
+    except CheckpointError as e:
+        out["garbage"][name] = str(e)
 out["fit_wrote_nothing"] = not os.path.exists(os.path.join(root, "never"))
 print("RESULT " + json.dumps(out))
 """
@@ -134,6 +151,14 @@ def test_a_non_deterministic_pipeline_is_named_and_batches_come_from_the_dataset
     assert sorted(v for b in pipeline["batches"][:4] for v in b) == [2 * v for v in range(12)]
     assert len(pipeline["batches"]) == 8
     assert result["phase_after_finish"] == "finished"
+
+
+def test_garbage_in_the_checkpoint_directory_is_one_clear_error(result: dict) -> None:
+    garbage = result["garbage"]
+    assert "checkpoint list" in garbage["binary-list"] and "is unreadable" in garbage["binary-list"]
+    assert "names none of them" in garbage["list-names-none"]
+    assert "does not match this model or is damaged" in garbage["truncated-index"]
+    assert all("\n" not in text for text in garbage.values())
 
 
 def test_gq_fit_refuses_what_it_cannot_resume_exactly(result: dict) -> None:

@@ -29,11 +29,14 @@ a SIGTERM exits 75 at once (the final checkpoint is already saved).
 
 from __future__ import annotations
 
+import glob
+import os
 import sys
 import time
 from typing import Any, Iterator, Mapping, TextIO
 
 import tensorflow as tf
+from google.protobuf import text_format
 
 from gpuq.errors import CheckpointError, InvalidInput
 from gpuq.jobs.tf.env import (checkpoint_dir_from_env, progress_file_from_env, requeue_exit_code_from_env,
@@ -67,7 +70,7 @@ class TrainingRun:
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="gpuq_step")
         self.rng = tf.random.Generator.from_seed(seed)
         self.checkpoint = tf.train.Checkpoint(**self._checkpoint_objects(model, optimizer, extra))
-        self.manager = tf.train.CheckpointManager(self.checkpoint, self.directory, max_to_keep=max_to_keep)
+        self.manager = open_manager(self.checkpoint, self.directory, max_to_keep)
         if handle_sigterm:  # from here on a SIGTERM means "save and exit 75", even during the restore
             GUARD.enter(Phase.TRAINING)
         try:
@@ -198,12 +201,19 @@ class TrainingRun:
     def _restore(self) -> int:
         latest = self.manager.latest_checkpoint
         if latest is None:
+            orphans = sorted(glob.glob(os.path.join(glob.escape(self.directory), "ckpt-*.index")))
+            listed = os.path.exists(os.path.join(self.directory, "checkpoint"))
+            if orphans and listed:  # a garbled list reads as "none" in TensorFlow: do not start over
+                raise CheckpointError(f"{self.directory} holds checkpoints ({os.path.basename(orphans[-1])} ...) but "
+                                      "its checkpoint list names none of them: restore the list, or move the "
+                                      "ckpt-* files aside to start from step 0.")
+            # (ckpt-* files without a list are a first save cut short by SIGKILL: never used, overwritten)
             self._print(f"no checkpoint in {self.directory}: starting at step 0")
             return 0
         try:
             self.checkpoint.restore(latest).assert_existing_objects_matched()
         except (AssertionError, ValueError, tf.errors.OpError) as e:
-            raise CheckpointError(f"checkpoint {latest} does not match this model ({e}); "
+            raise CheckpointError(f"checkpoint {latest} does not match this model or is damaged ({e}); "
                                   "use another --checkpoint-dir or delete the old checkpoints.") from e
         k = int(self.step.numpy())
         self._print(f"resumed at step {k} of {self.total_steps} from {latest} "
@@ -230,6 +240,19 @@ class TrainingRun:
         self._print(f"SIGTERM: checkpoint at step {k} saved to {path}; exiting with {self.exit_code} "
                     "so gpuq requeues the job")
         raise SystemExit(self.exit_code)
+
+
+def unreadable_state(directory: str, e: Exception) -> CheckpointError:
+    return CheckpointError(f"the checkpoint list {directory}/checkpoint is unreadable ({type(e).__name__}: {e}); "
+                           "move it aside (the ckpt-* files stay usable) or use another --checkpoint-dir.")
+
+
+def open_manager(checkpoint: Any, directory: str, max_to_keep: int) -> Any:
+    """A CheckpointManager over ``directory``; a garbled ``checkpoint`` list is a domain error."""
+    try:
+        return tf.train.CheckpointManager(checkpoint, directory, max_to_keep=max_to_keep)
+    except (ValueError, text_format.ParseError, tf.errors.OpError) as e:  # UnicodeDecodeError is a ValueError
+        raise unreadable_state(directory, e) from e
 
 
 def _total_steps(total_steps: int | None, epochs: int | None, steps_per_epoch: int | None) -> int:

@@ -34,10 +34,12 @@ import time
 from typing import Any, Iterator, TextIO
 
 import tensorflow as tf
+from google.protobuf import text_format
 
 from gpuq.errors import CheckpointError
 from gpuq.jobs.tf.env import checkpoint_dir_from_env, progress_file_from_env, restart_count_from_env
 from gpuq.jobs.tf.progress import ProgressReporter
+from gpuq.jobs.tf.run import unreadable_state
 from gpuq.jobs.tf.stop import GUARD, Phase
 
 v1 = tf.compat.v1
@@ -86,6 +88,12 @@ class _Contract:
             raise CheckpointError(f"could not write a checkpoint into {self.directory}: {e}; "
                                   "check that the directory is writable and the disk is not full.") from e
 
+    def latest(self) -> str | None:
+        try:
+            return tf.train.latest_checkpoint(self.directory)
+        except (ValueError, text_format.ParseError, tf.errors.OpError) as e:
+            raise unreadable_state(self.directory, e) from e
+
     def exit_requeue(self, step: int, path: str) -> None:
         self.report(step, force=True)
         GUARD.exit_now(f"SIGTERM: checkpoint at step {step} saved to {path}; exiting with {GUARD.exit_code} "
@@ -112,12 +120,12 @@ class GraphRun(_Contract):
         GUARD.enter(Phase.TRAINING)
         sess = v1.Session(graph=self.global_step.graph, config=config, **kwargs)
         try:
-            latest = tf.train.latest_checkpoint(self.directory)
+            latest = self.latest()
             if latest:
                 try:
                     self.saver.restore(sess, latest)
                 except (ValueError, tf.errors.OpError) as e:
-                    raise CheckpointError(f"checkpoint {latest} does not match this graph ({e}); "
+                    raise CheckpointError(f"checkpoint {latest} does not match this graph or is damaged ({e}); "
                                           "use another --checkpoint-dir or delete the old checkpoints.") from e
                 self._last_saved = int(sess.run(self.global_step))
             else:
@@ -146,7 +154,7 @@ class GraphRun(_Contract):
     def save(self, sess: Any) -> str:
         k = int(sess.run(self.global_step))
         if k == self._last_saved:
-            return tf.train.latest_checkpoint(self.directory) or self.prefix
+            return self.latest() or self.prefix
         path = super().save(self.saver, sess, k)
         self._last_saved, self._last_save_s = k, time.monotonic()
         return path
@@ -186,7 +194,7 @@ class RequeueHook(v1.train.SessionRunHook, _Contract):
 
     def after_create_session(self, session: Any, coord: Any) -> None:
         step = int(session.run(self._global_step))
-        self.started(step, tf.train.latest_checkpoint(self.directory) if step else None)
+        self.started(step, self.latest() if step else None)
         if GUARD.stop_requested:  # came while restoring: the restored checkpoint is the state
             GUARD.exit_now(f"SIGTERM while restoring: the checkpoint at step {step} stands; exiting with "
                            f"{GUARD.exit_code} so gpuq requeues the job")
