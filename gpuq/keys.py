@@ -16,6 +16,7 @@ CONFIG = PREFIX + "config"  # JSON of the leader's scheduling config
 QUARANTINE = PREFIX + "quarantine"  # hash job id -> JSON {raw, error, at}: records that could not be read
 INDEX_VERSION = PREFIX + "index_version"  # which secondary indexes exist (rebuilt when missing)
 ACCOUNTING_USERS = PREFIX + "accounting:users"  # set of users with aggregate accounting
+STORE_ID = PREFIX + "store_id"  # random id of this store, set once: names what belongs to it outside Redis (cgroups)
 
 
 def job(job_id: int) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import secrets
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -113,6 +114,14 @@ def _dump_env(job: Job) -> str:
     return json.dumps(dict(job.spec.env), separators=(",", ":"))
 
 
+def _hold_ok(d: Mapping[str, Any]) -> bool:
+    """A GPU-hold record as the dashboard sampler writes it (anything else is skipped)."""
+    num = (int, float)
+    return (isinstance(d.get("job"), int) and isinstance(d.get("user"), str) and isinstance(d.get("node"), str)
+            and isinstance(d.get("start"), num) and isinstance(d.get("end"), num)
+            and isinstance(d.get("gpus"), list) and all(isinstance(g, int) for g in d["gpus"]))
+
+
 class Store:
     def __init__(self, client: redis.Redis):
         self.r = client
@@ -126,6 +135,14 @@ class Store:
     def ping(self) -> None:
         with _wrap("connecting"):
             self.r.ping()
+
+    def store_id(self) -> str:
+        """This store's random id, created by the first daemon that asks.  Job ids are unique only
+        within one store, so whatever names a job outside Redis (its cgroup) carries this id too."""
+        with _wrap("reading the store id"):
+            self.r.set(keys.STORE_ID, secrets.token_hex(4), nx=True)
+            raw = self.r.get(keys.STORE_ID)
+        return raw.decode() if isinstance(raw, bytes) else str(raw)
 
     # ---- jobs ---------------------------------------------------------------------------------
 
@@ -399,7 +416,7 @@ class Store:
                 d = json.loads(v)
             except ValueError:
                 continue
-            if isinstance(d, dict):
+            if isinstance(d, dict) and _hold_ok(d):
                 out.append(d)
         return out
 

@@ -131,7 +131,7 @@ class Daemon:
             raise
         old_int = signal.signal(signal.SIGINT, self._on_signal)
         old_term = signal.signal(signal.SIGTERM, self._on_signal)
-        containment, note = cgroup.choose(cfg.cgroups, cfg.node)
+        containment, note = cgroup.choose(cfg.cgroups, cgroup.scope_name(cfg.node, store.store_id()))
         (log.info if not isinstance(containment, cgroup.ProcessGroupOnly) else log.warning)("%s", note)
         become_subreaper()
         agent = NodeAgent(store, cfg, probe, url, containment, note)

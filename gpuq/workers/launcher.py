@@ -57,7 +57,7 @@ class WorkerContext:
             grace_s=float(e.get("GPUQ_GRACE_S", "30")),
             simulated=e.get("GPUQ_SIMULATED", "0") == "1",
             redis_url=e["GPUQ_WORKER_REDIS_URL"],
-            containment=cgroup.from_description(kind, where, tuple(c for c in ctrls.split(",") if c), e["GPUQ_NODE"]),
+            containment=cgroup.from_description(kind, where, tuple(c for c in ctrls.split(",") if c), e["GPUQ_CGROUP_SCOPE"]),
             log_cap_bytes=int(e.get("GPUQ_LOG_CAP_BYTES", str(DEFAULT_LOG_CAP_BYTES))),
             gpu_minors=minors,
             heartbeat_s=float(e.get("GPUQ_HEARTBEAT_S", "5")),
@@ -70,7 +70,8 @@ def worker_env(ctx: WorkerContext) -> dict[str, str]:
     return {
         "GPUQ_NODE": ctx.node, "GPUQ_HOME": str(ctx.paths.home), "GPUQ_GRACE_S": str(ctx.grace_s),
         "GPUQ_SIMULATED": "1" if ctx.simulated else "0", "GPUQ_WORKER_REDIS_URL": ctx.redis_url,
-        "GPUQ_CONTAINMENT": f"{kind}:{where}:{','.join(ctrls)}", "GPUQ_LOG_CAP_BYTES": str(ctx.log_cap_bytes),
+        "GPUQ_CONTAINMENT": f"{kind}:{where}:{','.join(ctrls)}",
+        "GPUQ_CGROUP_SCOPE": cgroup.scope_of(ctx.containment), "GPUQ_LOG_CAP_BYTES": str(ctx.log_cap_bytes),
         "GPUQ_GPU_MINORS": ",".join(f"{u}={m}" for u, m in ctx.gpu_minors), "GPUQ_HEARTBEAT_S": str(ctx.heartbeat_s),
     }
 
