@@ -31,7 +31,9 @@ def parse_size_mib(text: str, what: str = "size") -> int:
     A unit is required: a bare ``10`` could mean MiB or GiB, so it is refused with the two
     readings spelled out.  Zero and negative sizes are refused.
     """
-    m = _SIZE_RE.match(str(text)) if len(str(text)) <= _MAX_TEXT else None
+    if len(str(text)) > _MAX_TEXT:
+        raise InvalidInput(f"{what} {_shown(text)} is too long to be a size: write a number with a unit, like 10GiB.")
+    m = _SIZE_RE.match(str(text))
     unit = m.group(2).lower() if m else ""
     if m and not unit:
         n = m.group(1)
