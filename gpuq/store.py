@@ -120,6 +120,14 @@ def _dump_env(job: Job) -> str:
     return json.dumps(dict(job.spec.env), separators=(",", ":"))
 
 
+def _hold_ok(d: Mapping[str, Any]) -> bool:
+    """A GPU-hold record as the dashboard sampler writes it (anything else is skipped)."""
+    num = (int, float)
+    return (isinstance(d.get("job"), int) and isinstance(d.get("user"), str) and isinstance(d.get("node"), str)
+            and isinstance(d.get("start"), num) and isinstance(d.get("end"), num)
+            and isinstance(d.get("gpus"), list) and all(isinstance(g, int) for g in d["gpus"]))
+
+
 class Store:
     def __init__(self, client: redis.Redis):
         self.r = client
@@ -414,7 +422,7 @@ class Store:
                 d = json.loads(v)
             except ValueError:
                 continue
-            if isinstance(d, dict):
+            if isinstance(d, dict) and _hold_ok(d):
                 out.append(d)
         return out
 

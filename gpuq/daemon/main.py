@@ -14,6 +14,7 @@ import threading
 import time
 
 from gpuq.config import DaemonConfig
+from gpuq.daemon import children
 from gpuq.daemon.api import ApiServer
 from gpuq.daemon.dashboard import start_dashboard
 from gpuq.daemon.metrics import start_metrics
@@ -54,21 +55,6 @@ def become_subreaper() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     except (OSError, AttributeError):
         pass
-
-
-def reap_adopted(own: set[int]) -> None:
-    """Reap exited processes re-parented to us (supervisors), never our own Popen children."""
-    while True:
-        try:
-            info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-        except ChildProcessError:
-            return
-        if info is None or info.si_pid in own:
-            return
-        try:
-            os.waitpid(info.si_pid, os.WNOHANG)
-        except ChildProcessError:
-            return
 
 
 def prepare_home(cfg: DaemonConfig) -> None:
@@ -170,7 +156,7 @@ class Daemon:
             if self.redis is not None:
                 threading.Thread(target=self._watch_redis, name="gpuq-redis-watch", daemon=True).start()
             while not self.stop.is_set():
-                reap_adopted({w.pid for w in agent.workers} | ({self.redis.proc.pid} if self.redis and self.redis.proc else set()))
+                children.reap_adopted({w.pid for w in agent.workers} | ({self.redis.proc.pid} if self.redis and self.redis.proc else set()))
                 try:
                     agent.tick()
                     if cfg.scheduler and time.monotonic() >= next_lost_check:

@@ -103,7 +103,13 @@ def test_dashboard_in_a_headless_browser(make_daemon, open_tmp):
                    env={"API_TOKEN": secret})
     placed = d.wait_state(job, "running")
     gpu, node = placed["placement"]["gpu_indices"][0], placed["placement"]["node"]
-    blocked = d.submit("--gpus", "2", "--name", "needs-two", "--", "true", cwd=open_tmp)
+    blocked = d.submit("--gpus", "2", "--name", "needs-two<b>x</b>", "--", "true", cwd=open_tmp)
+    from gpuq.store import Store
+    from gpuq import keys
+
+    store = Store.from_url(f"unix://{d.home}/redis/redis.sock")
+    store.r.hset(keys.GPU_HOLDS, "garbage", "{not json")  # garbage in the store must not break the page
+    store.r.hset(keys.GPU_HOLDS, "wrong", '{"job": "x", "gpus": "all"}')
 
     opts = Options()
     opts.binary_location = chromium
@@ -121,7 +127,7 @@ def test_dashboard_in_a_headless_browser(make_daemon, open_tmp):
         assert not browser.find_elements(By.CSS_SELECTOR, other)  # on the right GPU only
         row = wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, f'#queue tr[data-job="{blocked}"]'))[0]
         wait.until(lambda b: "GPU" in b.find_element(By.CSS_SELECTOR, f'#queue tr[data-job="{blocked}"] .reason').text)
-        assert "needs-two" in row.text
+        assert "needs-two<b>x</b>" in row.text  # a user's text is shown as text, never parsed as HTML
         wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, '#usage tr[data-user="root"]'))
         wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, f'#timeline rect[data-job="{job}"][data-gpu="{gpu}"]'))
         assert secret not in browser.page_source and "API_TOKEN" not in browser.page_source  # no environments
