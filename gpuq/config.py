@@ -29,6 +29,12 @@ class DaemonConfig:
     spare_workers: int = 2  # RQ workers per node: a launch takes milliseconds, so a few serve any load
     scheduler: bool = True  # take part in the scheduler leader election
     keep_impossible_dependents: bool = False  # True: a job whose dependency failed stays pending
+    # ---- views for people and monitoring (opt-in; bound to localhost unless told) ----
+    metrics_port: int = 0  # Prometheus /metrics (gpuq/daemon/metrics.py); 0: off
+    metrics_address: str = "127.0.0.1"
+    dashboard_port: int = 0  # read-only web dashboard (gpuq/daemon/dashboard.py); 0: off
+    dashboard_address: str = "127.0.0.1"
+    dashboard_commands: bool = False  # the dashboard shows jobs' command lines (never environments)
     # ---- launching and supervising jobs: see docs/architecture.md and docs/reliability.md ----
     cpu_slots: int = field(default_factory=lambda: os.cpu_count() or 1)  # CPU-only jobs running at once here
     cgroups: str = "auto"  # auto | v2 | v1 | off: how jobs are contained (gpuq/workers/cgroup.py)
@@ -52,7 +58,8 @@ class DaemonConfig:
 _KNOWN = {"redis_url", "simulate_gpus", "grace", "cycle", "probe_interval", "node", "node_ttl", "max_workers",
           "spare_workers", "scheduler", "max_job_size", "retention", "min_free_space", "show_others_commands",
           "cpu_slots", "cgroups", "overuse", "overuse_grace", "log_cap", "node_lost_timeout", "drain",
-          "keep_impossible_dependents"}
+          "keep_impossible_dependents", "metrics_port", "metrics_address", "dashboard_port", "dashboard_address",
+          "dashboard_commands"}
 
 
 def _policy_from(table: Mapping[str, Any]) -> PolicyConfig:
@@ -100,7 +107,16 @@ def load_config(
         for k in ("max_workers", "spare_workers", "cpu_slots"):
             if k in daemon:
                 simple[k] = int(daemon[k])
-        for k in ("scheduler", "keep_impossible_dependents", "drain"):
+        for k in ("metrics_port", "dashboard_port"):
+            if k in daemon:
+                v = daemon[k]
+                if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 65535:
+                    raise ConfigError(f"[daemon] {k} must be a port number (1-65535, 0: off).")
+                simple[k] = v
+        for k in ("metrics_address", "dashboard_address"):
+            if k in daemon:
+                simple[k] = str(daemon[k])
+        for k in ("scheduler", "keep_impossible_dependents", "drain", "dashboard_commands"):
             if k in daemon:
                 simple[k] = bool(daemon[k])
         for k in ("cgroups", "overuse"):

@@ -16,6 +16,7 @@ CONFIG = PREFIX + "config"  # JSON of the leader's scheduling config
 QUARANTINE = PREFIX + "quarantine"  # hash job id -> JSON {raw, error, at}: records that could not be read
 INDEX_VERSION = PREFIX + "index_version"  # which secondary indexes exist (rebuilt when missing)
 ACCOUNTING_USERS = PREFIX + "accounting:users"  # set of users with aggregate accounting
+STORE_ID = PREFIX + "store_id"  # random id of this store, set once: names what belongs to it outside Redis (cgroups)
 
 
 def job(job_id: int) -> str:
@@ -62,3 +63,10 @@ def node_running(name: str) -> str:
 def rq_queue_name(node_name: str) -> str:
     """The RQ queue that a node's workers serve."""
     return f"gpuq-node-{node_name}"
+
+
+#: Who held which GPU (the dashboard's 24-hour timeline): hash "<job id>:<run start>" -> JSON
+#: {job, user, node, gpus, start, end}; and a zset of the same members by their last-seen end,
+#: for pruning what is older than a day.
+GPU_HOLDS = PREFIX + "gpu_holds"
+GPU_HOLDS_BY_END = PREFIX + "gpu_holds:by_end"

@@ -10,11 +10,14 @@ from __future__ import annotations
 import json
 import logging
 import re
+import secrets
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import redis
+from redis.backoff import NoBackoff
 from redis.client import Pipeline
+from redis.retry import Retry
 
 from gpuq import keys
 from gpuq.errors import JobNotFound, RecordSetAside, StoreUnavailable, SubmitLimitExceeded
@@ -54,7 +57,11 @@ def redacted(url: str) -> str:
 def connect(url: str) -> redis.Redis:
     """A client for ``redis://``, ``rediss://`` or ``unix://`` URLs (no I/O until first use)."""
     try:
-        return redis.Redis.from_url(url, socket_timeout=30, socket_connect_timeout=5, health_check_interval=30)
+        # one immediate retry (a pooled connection to a restarted server reconnects), no back-off:
+        # redis-py 8's default (3 retries, exponential back-off) stalls every call ~4 s while the
+        # server is down; gpuq's callers retry at their own pace (supervisors, the agent's ticks)
+        return redis.Redis.from_url(url, socket_timeout=30, socket_connect_timeout=5, health_check_interval=30,
+                                    retry=Retry(NoBackoff(), 1))
     except ValueError as e:
         raise StoreUnavailable(f"Redis URL {redacted(url)!r} is not valid ({e}): use redis://HOST:PORT/DB or unix:///path/to/redis.sock.") from e
 
@@ -113,6 +120,14 @@ def _dump_env(job: Job) -> str:
     return json.dumps(dict(job.spec.env), separators=(",", ":"))
 
 
+def _hold_ok(d: Mapping[str, Any]) -> bool:
+    """A GPU-hold record as the dashboard sampler writes it (anything else is skipped)."""
+    num = (int, float)
+    return (isinstance(d.get("job"), int) and isinstance(d.get("user"), str) and isinstance(d.get("node"), str)
+            and isinstance(d.get("start"), num) and isinstance(d.get("end"), num)
+            and isinstance(d.get("gpus"), list) and all(isinstance(g, int) for g in d["gpus"]))
+
+
 class Store:
     def __init__(self, client: redis.Redis):
         self.r = client
@@ -126,6 +141,14 @@ class Store:
     def ping(self) -> None:
         with _wrap("connecting"):
             self.r.ping()
+
+    def store_id(self) -> str:
+        """This store's random id, created by the first daemon that asks.  Job ids are unique only
+        within one store, so whatever names a job outside Redis (its cgroup) carries this id too."""
+        with _wrap("reading the store id"):
+            self.r.set(keys.STORE_ID, secrets.token_hex(4), nx=True)
+            raw = self.r.get(keys.STORE_ID)
+        return raw.decode() if isinstance(raw, bytes) else str(raw)
 
     # ---- jobs ---------------------------------------------------------------------------------
 
@@ -374,6 +397,35 @@ class Store:
                 pipe.set(keys.INDEX_VERSION, INDEX_VERSION)
                 pipe.execute()
 
+    def record_gpu_holds(self, holds: Sequence[Mapping[str, Any]], keep_after: float) -> None:
+        """The dashboard's timeline: each running job's GPUs as last seen (``holds``: dicts with
+        job, start, end, ...), one member per run; holds that ended before ``keep_after`` go."""
+        with _wrap("recording GPU holds"):
+            with self.r.pipeline(transaction=True) as pipe:
+                for h in holds:
+                    member = f"{h['job']}:{h['start']!r}"
+                    pipe.hset(keys.GPU_HOLDS, member, json.dumps(dict(h)))
+                    pipe.zadd(keys.GPU_HOLDS_BY_END, {member: h["end"]})
+                old = self.r.zrangebyscore(keys.GPU_HOLDS_BY_END, "-inf", f"({keep_after}")
+                if old:
+                    pipe.hdel(keys.GPU_HOLDS, *old)
+                    pipe.zrem(keys.GPU_HOLDS_BY_END, *old)
+                pipe.execute()
+
+    def gpu_holds(self) -> list[dict[str, Any]]:
+        """Every recorded GPU hold (readable ones; a malformed entry is skipped)."""
+        with _wrap("reading GPU holds"):
+            raw = self.r.hvals(keys.GPU_HOLDS)
+        out = []
+        for v in raw:
+            try:
+                d = json.loads(v)
+            except ValueError:
+                continue
+            if isinstance(d, dict) and _hold_ok(d):
+                out.append(d)
+        return out
+
     def finished_ids(self, since: float | None, until: float | None, offset: int, count: int) -> list[int]:
         """Ids of jobs that ended in [since, until), newest first (for `gpuq history`)."""
         hi = f"({until}" if until is not None else "+inf"
@@ -559,6 +611,18 @@ class Store:
         except ValueError:
             return {}
         return d if isinstance(d, dict) else {}
+
+    def overuse_warnings(self) -> dict[int, str]:
+        """Running jobs that use more GPU memory than they reserved (written by the node agents)."""
+        with _wrap("reading GPU memory over-use"):
+            raw = self.r.hgetall(keys.OVERUSE)
+        out = {}
+        for k, v in raw.items():
+            try:
+                out[int(k)] = str(json.loads(v)["warning"])
+            except (ValueError, KeyError, TypeError):
+                continue  # a half-written or foreign entry: nothing to show
+        return out
 
     def reasons(self) -> dict[int, str]:
         with _wrap("reading pending reasons"):

@@ -129,6 +129,24 @@ class Daemon:
     def cli(self, *args: str, **kw: Any) -> Result:
         return run_cli(self.home, *args, **kw)
 
+    def cancel_all(self, timeout: float = 30) -> None:
+        """Cancel every job still queued or running and wait until none runs.  A daemon stopped by
+        SIGTERM leaves its jobs running (they outlive it by design), so a test's teardown must end
+        them itself or they would outlive the test."""
+        r = self.cli("status", "--json")
+        if r.rc != 0:
+            return
+        active = [str(j["id"]) for j in r.json()["jobs"] if j["state"] in ("pending", "held", "running")]
+        if not active:
+            return
+        self.cli("cancel", *active)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            r = self.cli("status", "--json")
+            if r.rc != 0 or not any(j["state"] == "running" for j in r.json()["jobs"]):
+                return
+            time.sleep(0.2)
+
     def submit(self, *args: str, **kw: Any) -> int:
         r = self.cli("submit", "-q", *args, **kw)
         assert r.rc == 0, r.err
@@ -169,6 +187,7 @@ def make_daemon():
     yield make
     for d in started:
         if d.proc is not None and d.proc.poll() is None:
+            d.cancel_all()
             d.proc.send_signal(signal.SIGTERM)
             try:
                 d.proc.wait(60)

@@ -97,7 +97,11 @@ def submit(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="print only the job id."),
     as_json: bool = typer.Option(False, "--json", help="print the submitted job as JSON."),
 ) -> None:
-    """Queue a script or command; prints the job id and returns at once."""
+    """Queue a script or command; prints the job id and returns at once.
+
+    Options come first; everything after SCRIPT_OR_COMMAND is its own arguments.  train.py runs
+    with the first python3 on your PATH, run.sh in this directory as ./run.sh, anything else as given
+    (put -- before a command that has options of its own)."""
     from gpuq.cli import submit_parts
 
     command = list(command or [])
@@ -150,7 +154,9 @@ def status(
     interval: float = typer.Option(2.0, "--interval", "-n", help="seconds between refreshes with --watch."),
     as_json: bool = typer.Option(False, "--json", help="print JSON."),
 ) -> None:
-    """Show the queue and the GPUs (or one job in full)."""
+    """Show the queue and the GPUs, or one job or array in full.
+
+    JOBID: a job (17), a whole array (its id) or one element of an array (17_3)."""
     from gpuq.cli import status_cmd
 
     client = _client()
@@ -175,7 +181,9 @@ def logs(
     follow: bool = typer.Option(False, "--follow", "-f", help="follow a running job's log until it ends."),
     tail: Optional[int] = typer.Option(None, "--tail", "-n", metavar="N", help="only the last N lines."),
 ) -> None:
-    """Print a job's log (stdout and stderr)."""
+    """Print a job's log (stdout and stderr).
+
+    JOBID: a job (17) or one element of an array (17_3)."""
     from gpuq.cli import status_cmd
 
     status_cmd.print_log(_client(), _check_ids([job_id])[0], follow, tail)
@@ -205,7 +213,10 @@ def wait(
     timeout: Optional[str] = typer.Option(None, "--timeout", help="give up after this long (like 2h); exit 124."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="print nothing."),
 ) -> None:
-    """Block until the jobs end; exit 0 if all completed, else the first unsuccessful job's status."""
+    """Block until the jobs end; exit 0 if all completed, else the first unsuccessful job's status
+    (its exit code; 124 timed out, 125 cancelled).
+
+    JOBID: a job (17), a whole array (its id) or one element of an array (17_3)."""
     from gpuq.cli import status_cmd
 
     raise typer.Exit(status_cmd.wait_for(_client(), _check_ids(job_ids), timeout, quiet))
@@ -224,25 +235,33 @@ def _act(verb: str, ids: List[str]) -> None:
 
 @app.command()
 def cancel(job_ids: List[str] = typer.Argument(..., metavar="JOBID...", help="jobs or arrays.")) -> None:
-    """Cancel jobs: a pending job is removed; a running one gets SIGTERM, then SIGKILL after the grace period."""
+    """Cancel jobs: a pending job is removed; a running one gets SIGTERM, then SIGKILL after the grace period.
+
+    JOBID: a job (17), a whole array (its id) or one element of an array (17_3)."""
     _act("cancel", job_ids)
 
 
 @app.command()
 def hold(job_ids: List[str] = typer.Argument(..., metavar="JOBID...", help="jobs or arrays.")) -> None:
-    """Keep pending jobs from starting until released."""
+    """Keep pending jobs from starting until released.
+
+    JOBID: a job (17), a whole array (its id) or one element of an array (17_3)."""
     _act("hold", job_ids)
 
 
 @app.command()
 def release(job_ids: List[str] = typer.Argument(..., metavar="JOBID...", help="jobs or arrays.")) -> None:
-    """Let held jobs start again."""
+    """Let held jobs start again.
+
+    JOBID: a job (17), a whole array (its id) or one element of an array (17_3)."""
     _act("release", job_ids)
 
 
 @app.command()
 def requeue(job_ids: List[str] = typer.Argument(..., metavar="JOBID...", help="jobs or arrays.")) -> None:
-    """Stop running checkpointable jobs gracefully and put them back in the queue."""
+    """Stop running checkpointable jobs gracefully and put them back in the queue.
+
+    JOBID: a job (17), a whole array (its id) or one element of an array (17_3)."""
     _act("requeue", job_ids)
 
 

@@ -110,29 +110,6 @@ def _note(job: dict[str, Any]) -> str:
     return note
 
 
-def jobs_table(jobs: Sequence[dict[str, Any]], multi_node: bool = False) -> str:
-    rows = []
-    for j in jobs:
-        n_gpus, mem = _request(j)
-        p = j.get("placement")
-        if j["state"] == "running" and p:
-            gpus = ",".join(str(i) for i in p.get("gpu_indices", [])) or "-"
-            if multi_node:
-                gpus = f"{p['node']}:{gpus}"
-            reserved = p.get("reserved_mib") or []
-            if reserved and mem != "whole":
-                mem = format_mib(reserved[0])
-        else:
-            gpus = f"({n_gpus})" if n_gpus != "0" else "-"
-        elapsed = _number(j.get("elapsed_s"))
-        rows.append([str(j["id"]), safe(str(j.get("display_name", ""))[:24]), safe(j["owner"]["user"]),
-                     safe(j["state"]), safe(gpus), mem, format_duration(elapsed) if elapsed is not None else "-",
-                     job_note(j)])
-    if not rows:
-        return "No jobs."
-    return table(["ID", "NAME", "USER", "STATE", "GPUS", "MEM/GPU", "ELAPSED", "REASON / PROGRESS"], rows)
-
-
 def gpus_table(nodes: Sequence[dict[str, Any]]) -> str:
     rows = []
     simulated = any(n.get("simulated") for n in nodes)
@@ -210,10 +187,15 @@ def job_detail(j: dict[str, Any]) -> str:
 
 
 def notices(status: dict[str, Any]) -> str:
-    """Lines about the store itself (records set aside), or "" when there is nothing to say."""
+    """Lines about the store itself (records set aside) and the nodes (containment, GPU memory
+    over-use), or "" when there is nothing to say."""
+    lines = [f"Warning: {safe(w)}." for n in status.get("nodes") or [] for w in n.get("warnings") or []]
+    lines += [f"Note: on {safe(n.get('node', '?'))} {safe(n['containment'])}." for n in status.get("nodes") or []
+              if str(n.get("containment", "")).startswith("cgroups unavailable")]
     aside = status.get("set_aside") or []
-    if not aside:
-        return ""
-    ids = ", ".join(safe(r.get("id", "?")) for r in aside[:10]) + (" …" if len(aside) > 10 else "")
-    return (f"Note: {len(aside)} stored job record(s) could not be read and were set aside with their evidence "
-            f"(job {ids}); the rest of the queue is unaffected. Root sees the details in `gpuq status --json`.")
+    if aside:
+        ids = ", ".join(safe(r.get("id", "?")) for r in aside[:10]) + (" …" if len(aside) > 10 else "")
+        lines.append(f"Note: {len(aside)} stored job record(s) could not be read and were set aside with their "
+                     f"evidence (job {ids}); the rest of the queue is unaffected. Root sees the details in "
+                     "`gpuq status --json`.")
+    return "\n".join(lines)

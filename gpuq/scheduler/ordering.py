@@ -242,9 +242,9 @@ class PendingIndex:
         return (jobs[k[-1]] for k in keys)
 
     def most_starved(self, config: PolicyConfig, now: float) -> int | None:
-        """The starvation guard: among the jobs that waited at least ``starve_after_s`` per GPU
-        they ask for, the one that waited longest per GPU (None: no job starves).  It goes first
-        in its tier, so it becomes the head job and the GPUs held for it stay its own."""
+        """The starvation guard: a job that waited ``starve_after_s`` per GPU it asks for has
+        starved; of those, the one whose bound ran out first (None: no job starves).  It goes
+        first in its tier, so it is the head job and the GPUs held for it stay its own."""
         if not config.starvation_guard_on:
             return None
         best: tuple[float, int] | None = None
@@ -252,9 +252,9 @@ class PendingIndex:
             if not lst:
                 continue
             eff, jid = lst[0] if not self._unsorted else min(lst)
-            per_gpu = (now - eff) / size
-            if per_gpu >= config.starve_after_s and (best is None or per_gpu > best[0]):
-                best = (per_gpu, jid)
+            deadline = eff + config.starve_after_s * size
+            if deadline <= now and (best is None or (deadline, jid) < best):
+                best = (deadline, jid)
         return None if best is None else best[1]
 
     def _starving_keys(self, config: PolicyConfig, now: float) -> list[tuple]:

@@ -55,6 +55,8 @@ def policy_config_for(name: str, **overrides: Any) -> PolicyConfig:
     if name not in POLICIES:
         raise InvalidInput(f"policy {name!r} is unknown: use one of {', '.join(POLICIES)}.")
     base: dict[str, Any] = {"policy": name}
+    if name in ("sjf", "srtf"):
+        base["starve_after_s"] = 0.0  # the oracles stay pure
     if name == "srtf":
         base.update(preemption="checkpointable", min_run_s=0.0, max_preempts_per_cycle=64)
     base.update(overrides)

@@ -14,7 +14,10 @@ Two named implementations and a fallback, chosen once per daemon (``cgroups`` in
   (a process that calls ``setsid`` escapes).  The daemon says so once in its log and in
   ``gpuq status``.
 
-A job's cgroup is ``<hierarchy>/gpuq/<node>/job-<id>`` (several nodes may share a machine in tests); the job's process joins it before it drops to
+A job's cgroup is ``<hierarchy>/gpuq/<scope>/job-<id>``, the scope being ``<node>.<store id>`` (:func:`scope_name`):
+job ids are unique only within one store, and several daemons (per-user ones, nodes of one store,
+test daemons) may share a machine, so no daemon ever sees, sweeps or kills another's jobs.  The
+job's process joins its cgroup before it drops to
 its user (``join_files`` are written from the child between fork and exec).
 """
 
@@ -332,6 +335,16 @@ def _writable(d: Path) -> bool:
         return os.access(probe, os.W_OK)
     except OSError:
         return False
+
+
+def scope_name(node: str, store_id: str) -> str:
+    """The directory under ``gpuq/`` that holds one daemon's job cgroups (see the module doc)."""
+    return f"{node}.{store_id}"
+
+
+def scope_of(c: Containment) -> str:
+    """The scope a containment was made for ("" without cgroups)."""
+    return c.node if isinstance(c, (CgroupV2, CgroupV1)) else ""
 
 
 def find_v2(node: str) -> CgroupV2 | None:

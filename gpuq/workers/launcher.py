@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from gpuq.jobs.model import Job, JobState
+from gpuq.jobs.model import Job, JobState, StopKind
 from gpuq.paths import Paths
 from gpuq.store import Store
 from gpuq.workers import cgroup
@@ -57,7 +57,7 @@ class WorkerContext:
             grace_s=float(e.get("GPUQ_GRACE_S", "30")),
             simulated=e.get("GPUQ_SIMULATED", "0") == "1",
             redis_url=e["GPUQ_WORKER_REDIS_URL"],
-            containment=cgroup.from_description(kind, where, tuple(c for c in ctrls.split(",") if c), e["GPUQ_NODE"]),
+            containment=cgroup.from_description(kind, where, tuple(c for c in ctrls.split(",") if c), e["GPUQ_CGROUP_SCOPE"]),
             log_cap_bytes=int(e.get("GPUQ_LOG_CAP_BYTES", str(DEFAULT_LOG_CAP_BYTES))),
             gpu_minors=minors,
             heartbeat_s=float(e.get("GPUQ_HEARTBEAT_S", "5")),
@@ -70,7 +70,8 @@ def worker_env(ctx: WorkerContext) -> dict[str, str]:
     return {
         "GPUQ_NODE": ctx.node, "GPUQ_HOME": str(ctx.paths.home), "GPUQ_GRACE_S": str(ctx.grace_s),
         "GPUQ_SIMULATED": "1" if ctx.simulated else "0", "GPUQ_WORKER_REDIS_URL": ctx.redis_url,
-        "GPUQ_CONTAINMENT": f"{kind}:{where}:{','.join(ctrls)}", "GPUQ_LOG_CAP_BYTES": str(ctx.log_cap_bytes),
+        "GPUQ_CONTAINMENT": f"{kind}:{where}:{','.join(ctrls)}",
+        "GPUQ_CGROUP_SCOPE": cgroup.scope_of(ctx.containment), "GPUQ_LOG_CAP_BYTES": str(ctx.log_cap_bytes),
         "GPUQ_GPU_MINORS": ",".join(f"{u}={m}" for u, m in ctx.gpu_minors), "GPUQ_HEARTBEAT_S": str(ctx.heartbeat_s),
     }
 
@@ -87,9 +88,18 @@ def claim(store: Store, node: str, job_id: int, now: float) -> Job | None:
             return None
         if j.started_at is not None:
             return None  # another worker already claimed this placement
+        if j.stop_request is not None:  # cancelled, requeued or drained before it started: no run
+            sr = j.stop_request
+            if sr.kind is StopKind.CANCEL:
+                return j.transition(JobState.CANCELLED, ended_at=now, end_reason=f"cancelled by {sr.by} before it started")
+            return j.transition(JobState.PENDING, end_reason=f"{sr.kind.value} before it started")
         return j.with_changes(started_at=now)
 
-    return store.update(job_id, change, now, event=f"worker on {node} claimed it")
+    def event(j: Job) -> str:
+        return f"worker on {node} claimed it" if j.state is JobState.RUNNING else f"{j.state.value}: {j.end_reason}"
+
+    got = store.update(job_id, change, now, event=event)
+    return got if got is not None and got.state is JobState.RUNNING else None
 
 
 def run_job(job_id: int) -> str:

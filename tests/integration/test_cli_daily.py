@@ -242,3 +242,27 @@ def test_a_per_user_default_notify_from_the_users_config(daemon, open_tmp, test_
         assert len((work / "notes.txt").read_text().splitlines()) == 1  # --notify '' turned the default off
     finally:
         (cfg / "config.toml").unlink()
+
+
+def test_an_array_is_stored_whole_or_not_at_all_when_the_daemon_is_killed(make_daemon, open_tmp):
+    """kill -9 of the daemon while a 3,000-job array is being submitted: after a restart the array
+    has all of its jobs or none (one transaction), never a part."""
+    import subprocess
+
+    from tests.conftest import GPUQ
+
+    node = f"cli-{uuid.uuid4().hex[:8]}"
+    d = make_daemon("--simulate-gpus", "1x8GiB", "--grace", "1s", "--node", node)
+    d.submit("--gpus", "1", "--", "sleep", "120", cwd=open_tmp)  # keeps the array waiting
+    env = {"PATH": os.environ["PATH"], "GPUQ_HOME": str(d.home)}
+    sub = subprocess.Popen([GPUQ, "submit", "-q", "--array", "0-2999", "--", "true"], env=env, cwd=open_tmp,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.15)
+    d.proc.kill()  # SIGKILL, at whatever point the submission reached
+    d.proc.wait(30)
+    out, err = sub.communicate(timeout=60)
+    d2 = make_daemon("--simulate-gpus", "1x8GiB", "--grace", "1s", "--node", node, home=d.home)
+    jobs = [j for j in d2.cli("status", "--json").json()["jobs"] if j["spec"].get("array")]
+    assert len(jobs) in (0, 3000), (len(jobs), out, err)
+    if sub.returncode == 0:  # acknowledged: then it must all be there
+        assert len(jobs) == 3000

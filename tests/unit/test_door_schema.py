@@ -7,7 +7,8 @@ import math
 
 import pytest
 
-from gpuq.cli.render import jobs_table, safe
+from gpuq.cli.queue_view import jobs_table
+from gpuq.cli.render import safe
 from gpuq.daemon.schema import parse_ids, parse_log_query, parse_status_query, parse_submit
 from gpuq.errors import InvalidInput
 from gpuq.jobs.model import MIN_GPU_MEM_MIB, BadRecord, Job, Resources

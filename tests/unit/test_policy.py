@@ -278,3 +278,20 @@ def test_after_any_after_notok_and_array_throttle():
     p = plan(members, [], nodes, {}, PolicyConfig(), 0.0)
     assert [s.job_id for s in p.starts] == [10, 11]
     assert "at most 2 at once" in p.reasons[12] and "at most 2 at once" in p.reasons[13]
+
+
+def test_the_head_jobs_hold_stands_against_later_jobs_of_other_users():
+    """A 2-GPU head job waits for a node to drain: a later 1-GPU job of another user, without a
+    time limit, does not take the GPU held for it (it could not be sure to leave in time)."""
+    nodes = [node("a", 2)]
+    busy = running(job(1, user="carl", checkpointable=False), nodes, [0], started_at=0.0)
+    pend = [job(2, user="ann", gpus=2, sub=10.0), job(3, user="bob", sub=20.0)]
+    for cfg in (PolicyConfig(), PolicyConfig(policy="las"), PolicyConfig(policy="fairshare")):
+        p = plan(pend, [busy], nodes, {}, cfg, 100.0)
+        assert p.starts == (), cfg.policy
+        assert "held for job 2" in p.reasons[3], p.reasons
+    # a later job that surely ends before the head can start may still use the held GPU
+    timed = running(job(1, user="carl", time_limit_s=1000.0), nodes, [0], started_at=0.0)
+    short = job(3, user="bob", sub=20.0, time_limit_s=300.0)
+    p = plan([pend[0], short], [timed], nodes, {}, PolicyConfig(), 100.0)
+    assert [s.job_id for s in p.starts] == [3]
