@@ -30,6 +30,7 @@ from gpuq.workers.reconcile import LostNodes
 
 _PR_SET_CHILD_SUBREAPER = 36
 LOST_NODE_CHECK_S = 5.0
+REDIS_WATCH_S = 0.2
 
 log = logging.getLogger("gpuq.daemon")
 
@@ -78,6 +79,18 @@ class Daemon:
     def _on_signal(self, signum: int, frame: object) -> None:
         self.stop.set()  # handlers only set flags
         self.agent_wake.set()
+
+    def _watch_redis(self) -> None:
+        """Restart a dead embedded redis-server within REDIS_WATCH_S (its own thread: a node-agent
+        tick may be stuck in the client's reconnect back-off meanwhile)."""
+        assert self.redis is not None
+        while not self.stop.wait(REDIS_WATCH_S):
+            if self.redis.died():
+                log.error("the embedded redis-server exited; starting it again on the same data")
+                try:
+                    self.redis.restart()
+                except StoreUnavailable as e:
+                    log.error("%s (retrying)", e)
 
     def _placed(self, node: str) -> None:
         if node == self.cfg.node:
@@ -140,13 +153,9 @@ class Daemon:
             inv = "SIMULATED " if probe.simulated else ""
             log.info("gpuq daemon up: node %s, %s%d GPU(s), store %s, socket %s", cfg.node, inv,
                      len(probe.snapshot(cfg.node, time.time(), {}).gpus), redacted(url), sock)
+            if self.redis is not None:
+                threading.Thread(target=self._watch_redis, name="gpuq-redis-watch", daemon=True).start()
             while not self.stop.is_set():
-                if self.redis is not None and self.redis.died():
-                    log.error("the embedded redis-server exited; starting it again on the same data")
-                    try:
-                        self.redis.restart()
-                    except StoreUnavailable as e:
-                        log.error("%s (retrying)", e)
                 children.reap_adopted({w.pid for w in agent.workers} | ({self.redis.proc.pid} if self.redis and self.redis.proc else set()))
                 try:
                     agent.tick()
