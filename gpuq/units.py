@@ -31,7 +31,9 @@ def parse_size_mib(text: str, what: str = "size") -> int:
     A unit is required: a bare ``10`` could mean MiB or GiB, so it is refused with the two
     readings spelled out.  Zero and negative sizes are refused.
     """
-    m = _SIZE_RE.match(str(text)) if len(str(text)) <= _MAX_TEXT else None
+    if len(str(text)) > _MAX_TEXT:
+        raise InvalidInput(f"{what} {_shown(text)} is too long to be a size: give one like 10GiB or 512MiB.")
+    m = _SIZE_RE.match(str(text))
     unit = m.group(2).lower() if m else ""
     if m and not unit:
         n = m.group(1)
@@ -76,8 +78,8 @@ def parse_duration_s(text: str, what: str = "duration") -> float:
     t = str(text).strip().lower()
     seconds: float | None = None
     if len(t) > _MAX_TEXT:
-        pass  # too long to be a duration: refused below
-    elif re.fullmatch(r"\d+(:\d{1,2}){1,2}", t):
+        raise InvalidInput(f"{what} {_shown(text)} is too long to be a duration: give one like 2h, 90m or 3d.")
+    if re.fullmatch(r"\d+(:\d{1,2}){1,2}", t):
         parts = [int(p) for p in t.split(":")]
         seconds = 0.0
         for p in parts:

@@ -51,12 +51,34 @@ def _read_response(sock: socket.socket) -> Response:
     return Response(status, headers, body[:length])
 
 
+#: While the daemon answers "busy" (too many connections, or too many of this user's), try again
+#: after these pauses: a burst of parallel submits waits its turn instead of failing.  A busy
+#: refusal comes before the daemon reads the request, so repeating a POST is safe.
+BUSY_RETRY_PAUSES_S = (0.05, 0.1, 0.2, 0.4, 0.8, 1.0, 1.0)
+
+
+def _is_busy(resp: Response) -> bool:
+    return resp.status == 503 and b'"DaemonBusy"' in resp.body
+
+
 class Client:
     def __init__(self, socket_path: Path, timeout_s: float = 60.0):
         self.path = socket_path
         self.timeout_s = timeout_s
 
     def request(self, method: str, url: str, body: Any = None) -> Response:
+        import random
+        import time
+
+        resp = self._request_once(method, url, body)
+        for pause in BUSY_RETRY_PAUSES_S:
+            if not _is_busy(resp):
+                break
+            time.sleep(pause * (0.5 + random.random()))  # jitter: a burst does not retry in step
+            resp = self._request_once(method, url, body)
+        return resp
+
+    def _request_once(self, method: str, url: str, body: Any = None) -> Response:
         payload = b"" if body is None else json.dumps(body).encode()
         head = (f"{method} {url} HTTP/1.1\r\nHost: gpuq\r\nConnection: close\r\n"
                 f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n").encode()

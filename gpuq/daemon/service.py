@@ -203,9 +203,14 @@ class Service:
                 g["jobs"] = [{"id": j.id, "user": j.owner.user} for j in on]
                 g["outside_gpuq_mib"] = sum((p["used_mib"] or 0) for p in g["processes"] if p["job_id"] is None)
             node_dicts.append(d)
+        public = [self._public(j, caller, now, reasons, with_env=False) for j in jobs]  # env: GET /v1/jobs/ID
+        warnings = self.store.overuse_warnings() if running else {}
+        for d in public:
+            if d["id"] in warnings and d["state"] == "running":
+                d["warning"] = warnings[d["id"]]  # GPU memory over-use (gpuq/workers/overuse.py)
         return {
             "now": now,
-            "jobs": [self._public(j, caller, now, reasons, with_env=False) for j in jobs],  # env: GET /v1/jobs/ID
+            "jobs": public,
             "nodes": node_dicts,
             "leader": self.store.leader(),
             "set_aside": self._set_aside(caller),

@@ -18,6 +18,7 @@ import shutil
 import signal
 from typing import Mapping, Sequence
 
+from gpuq.daemon import children
 from gpuq.errors import GpuqError, InvalidInput
 
 #: A check that takes longer (a hung network file system) fails with a clear message.
@@ -69,7 +70,7 @@ def resolve_as(uid: int, gid: int, groups: Sequence[int], argv: Sequence[str], c
     if os.geteuid() != 0:
         raise GpuqError("this gpuq daemon cannot check paths for another user: run it as root for a shared install.")
     read_fd, write_fd = os.pipe()
-    pid = os.fork()
+    pid = children.fork_own()
     if pid == 0:  # the child: drop, check, answer, leave
         code = 0
         try:
@@ -124,10 +125,13 @@ def _read_all(fd: int, timeout_s: float) -> bytes | None:
 
 
 def _reap(pid: int) -> None:
-    done, _ = os.waitpid(pid, os.WNOHANG)
-    if done == 0:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        os.waitpid(pid, 0)
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done == 0:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            os.waitpid(pid, 0)
+    finally:
+        children.waited(pid)
