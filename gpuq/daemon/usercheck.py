@@ -124,10 +124,15 @@ def _read_all(fd: int, timeout_s: float) -> bytes | None:
 
 
 def _reap(pid: int) -> None:
-    done, _ = os.waitpid(pid, os.WNOHANG)
-    if done == 0:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        os.waitpid(pid, 0)
+    """Collect the child (killing it if it still runs).  The daemon also reaps children it does
+    not own (re-parented supervisors), so the child may already be gone: that is fine."""
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done == 0:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
