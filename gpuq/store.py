@@ -15,7 +15,9 @@ from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import redis
+from redis.backoff import NoBackoff
 from redis.client import Pipeline
+from redis.retry import Retry
 
 from gpuq import keys
 from gpuq.errors import JobNotFound, RecordSetAside, StoreUnavailable, SubmitLimitExceeded
@@ -55,7 +57,11 @@ def redacted(url: str) -> str:
 def connect(url: str) -> redis.Redis:
     """A client for ``redis://``, ``rediss://`` or ``unix://`` URLs (no I/O until first use)."""
     try:
-        return redis.Redis.from_url(url, socket_timeout=30, socket_connect_timeout=5, health_check_interval=30)
+        # one immediate retry (a pooled connection to a restarted server reconnects), no back-off:
+        # redis-py 8's default (3 retries, exponential back-off) stalls every call ~4 s while the
+        # server is down; gpuq's callers retry at their own pace (supervisors, the agent's ticks)
+        return redis.Redis.from_url(url, socket_timeout=30, socket_connect_timeout=5, health_check_interval=30,
+                                    retry=Retry(NoBackoff(), 1))
     except ValueError as e:
         raise StoreUnavailable(f"Redis URL {redacted(url)!r} is not valid ({e}): use redis://HOST:PORT/DB or unix:///path/to/redis.sock.") from e
 
@@ -605,6 +611,18 @@ class Store:
         except ValueError:
             return {}
         return d if isinstance(d, dict) else {}
+
+    def overuse_warnings(self) -> dict[int, str]:
+        """Running jobs that use more GPU memory than they reserved (written by the node agents)."""
+        with _wrap("reading GPU memory over-use"):
+            raw = self.r.hgetall(keys.OVERUSE)
+        out = {}
+        for k, v in raw.items():
+            try:
+                out[int(k)] = str(json.loads(v)["warning"])
+            except (ValueError, KeyError, TypeError):
+                continue  # a half-written or foreign entry: nothing to show
+        return out
 
     def reasons(self) -> dict[int, str]:
         with _wrap("reading pending reasons"):

@@ -187,10 +187,15 @@ def job_detail(j: dict[str, Any]) -> str:
 
 
 def notices(status: dict[str, Any]) -> str:
-    """Lines about the store itself (records set aside), or "" when there is nothing to say."""
+    """Lines about the store itself (records set aside) and the nodes (containment, GPU memory
+    over-use), or "" when there is nothing to say."""
+    lines = [f"Warning: {safe(w)}." for n in status.get("nodes") or [] for w in n.get("warnings") or []]
+    lines += [f"Note: on {safe(n.get('node', '?'))} {safe(n['containment'])}." for n in status.get("nodes") or []
+              if str(n.get("containment", "")).startswith("cgroups unavailable")]
     aside = status.get("set_aside") or []
-    if not aside:
-        return ""
-    ids = ", ".join(safe(r.get("id", "?")) for r in aside[:10]) + (" …" if len(aside) > 10 else "")
-    return (f"Note: {len(aside)} stored job record(s) could not be read and were set aside with their evidence "
-            f"(job {ids}); the rest of the queue is unaffected. Root sees the details in `gpuq status --json`.")
+    if aside:
+        ids = ", ".join(safe(r.get("id", "?")) for r in aside[:10]) + (" …" if len(aside) > 10 else "")
+        lines.append(f"Note: {len(aside)} stored job record(s) could not be read and were set aside with their "
+                     f"evidence (job {ids}); the rest of the queue is unaffected. Root sees the details in "
+                     "`gpuq status --json`.")
+    return "\n".join(lines)

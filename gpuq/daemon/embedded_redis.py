@@ -16,7 +16,13 @@ import subprocess
 import time
 from pathlib import Path
 
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
 from gpuq.errors import StoreUnavailable
+
+#: a probe of the server must answer at once: redis-py 8 retries 3 times with back-off by default
+_NO_RETRY = Retry(NoBackoff(), 0)
 
 
 def find_redis_server() -> str | None:
@@ -40,6 +46,7 @@ class EmbeddedRedis:
         self.reused = False  # a server left by a daemon that died: ours to stop too
         self.reused_pid: int | None = None  # its process, watched like one we started
         self.restart_failed = False
+        self.stopped = False  # stopped on purpose: not a death to recover from
 
     @property
     def url(self) -> str:
@@ -64,12 +71,13 @@ class EmbeddedRedis:
         import redis
 
         try:
-            redis.Redis(unix_socket_path=str(self.socket), socket_connect_timeout=1).ping()
+            redis.Redis(unix_socket_path=str(self.socket), socket_connect_timeout=1, retry=_NO_RETRY).ping()
             return True
         except (redis.ConnectionError, redis.TimeoutError, OSError):
             return False
 
     def start(self, timeout_s: float = 15.0) -> None:
+        self.stopped = False
         self.dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.dir, 0o700)
         if self.socket.exists() and self._responds():
@@ -104,13 +112,16 @@ class EmbeddedRedis:
         import redis
 
         try:
-            return int(redis.Redis(unix_socket_path=str(self.socket), socket_connect_timeout=1).info("server")["process_id"])
+            return int(redis.Redis(unix_socket_path=str(self.socket), socket_connect_timeout=1,
+                                   retry=_NO_RETRY).info("server")["process_id"])
         except (redis.RedisError, OSError, KeyError, ValueError):
             return None
 
     def died(self) -> bool:
         """True when the server has exited (crashed or was killed), whether this daemon started it
         or reused one left by a daemon that died."""
+        if self.stopped:
+            return False
         if self.restart_failed:
             return True
         if self.proc is not None:
@@ -141,6 +152,7 @@ class EmbeddedRedis:
         self.restart_failed = False
 
     def stop(self, timeout_s: float = 10.0) -> None:
+        self.stopped = True
         if self.proc is None:
             if self.reused:
                 import redis

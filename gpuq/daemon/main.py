@@ -14,6 +14,7 @@ import threading
 import time
 
 from gpuq.config import DaemonConfig
+from gpuq.daemon import children
 from gpuq.daemon.api import ApiServer
 from gpuq.daemon.dashboard import start_dashboard
 from gpuq.daemon.metrics import start_metrics
@@ -29,6 +30,7 @@ from gpuq.workers.reconcile import LostNodes
 
 _PR_SET_CHILD_SUBREAPER = 36
 LOST_NODE_CHECK_S = 5.0
+REDIS_WATCH_S = 0.2
 
 log = logging.getLogger("gpuq.daemon")
 
@@ -55,21 +57,6 @@ def become_subreaper() -> None:
         pass
 
 
-def reap_adopted(own: set[int]) -> None:
-    """Reap exited processes re-parented to us (supervisors), never our own Popen children."""
-    while True:
-        try:
-            info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-        except ChildProcessError:
-            return
-        if info is None or info.si_pid in own:
-            return
-        try:
-            os.waitpid(info.si_pid, os.WNOHANG)
-        except ChildProcessError:
-            return
-
-
 def prepare_home(cfg: DaemonConfig) -> None:
     p = cfg.paths
     p.home.mkdir(parents=True, exist_ok=True)
@@ -92,6 +79,18 @@ class Daemon:
     def _on_signal(self, signum: int, frame: object) -> None:
         self.stop.set()  # handlers only set flags
         self.agent_wake.set()
+
+    def _watch_redis(self) -> None:
+        """Restart a dead embedded redis-server within REDIS_WATCH_S (its own thread: a node-agent
+        tick may be stuck in the client's reconnect back-off meanwhile)."""
+        assert self.redis is not None
+        while not self.stop.wait(REDIS_WATCH_S):
+            if self.redis.died():
+                log.error("the embedded redis-server exited; starting it again on the same data")
+                try:
+                    self.redis.restart()
+                except StoreUnavailable as e:
+                    log.error("%s (retrying)", e)
 
     def _placed(self, node: str) -> None:
         if node == self.cfg.node:
@@ -154,14 +153,10 @@ class Daemon:
             inv = "SIMULATED " if probe.simulated else ""
             log.info("gpuq daemon up: node %s, %s%d GPU(s), store %s, socket %s", cfg.node, inv,
                      len(probe.snapshot(cfg.node, time.time(), {}).gpus), redacted(url), sock)
+            if self.redis is not None:
+                threading.Thread(target=self._watch_redis, name="gpuq-redis-watch", daemon=True).start()
             while not self.stop.is_set():
-                if self.redis is not None and self.redis.died():
-                    log.error("the embedded redis-server exited; starting it again on the same data")
-                    try:
-                        self.redis.restart()
-                    except StoreUnavailable as e:
-                        log.error("%s (retrying)", e)
-                reap_adopted({w.pid for w in agent.workers} | ({self.redis.proc.pid} if self.redis and self.redis.proc else set()))
+                children.reap_adopted({w.pid for w in agent.workers} | ({self.redis.proc.pid} if self.redis and self.redis.proc else set()))
                 try:
                     agent.tick()
                     if cfg.scheduler and time.monotonic() >= next_lost_check:

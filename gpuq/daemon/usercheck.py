@@ -18,6 +18,7 @@ import shutil
 import signal
 from typing import Mapping, Sequence
 
+from gpuq.daemon import children
 from gpuq.errors import GpuqError, InvalidInput
 
 #: A check that takes longer (a hung network file system) fails with a clear message.
@@ -69,7 +70,7 @@ def resolve_as(uid: int, gid: int, groups: Sequence[int], argv: Sequence[str], c
     if os.geteuid() != 0:
         raise GpuqError("this gpuq daemon cannot check paths for another user: run it as root for a shared install.")
     read_fd, write_fd = os.pipe()
-    pid = os.fork()
+    pid = children.fork_own()
     if pid == 0:  # the child: drop, check, answer, leave
         code = 0
         try:
@@ -124,8 +125,9 @@ def _read_all(fd: int, timeout_s: float) -> bytes | None:
 
 
 def _reap(pid: int) -> None:
-    """Collect the child (killing it if it still runs).  The daemon also reaps children it does
-    not own (re-parented supervisors), so the child may already be gone: that is fine."""
+    """Collect the child (killing it if it still runs).  It is registered as the daemon's own
+    (``children.fork_own``), so the reaper of adopted supervisors leaves it to us; should it be
+    gone anyway, that is fine."""
     try:
         done, _ = os.waitpid(pid, os.WNOHANG)
         if done == 0:
@@ -136,3 +138,5 @@ def _reap(pid: int) -> None:
             os.waitpid(pid, 0)
     except ChildProcessError:
         pass
+    finally:
+        children.waited(pid)

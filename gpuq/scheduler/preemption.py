@@ -39,90 +39,121 @@ def plan_preemptions(
     """(job id, reason) of running jobs to preempt so that waiting ``blocked`` jobs can start."""
     if not config.preemption_on or not blocked or config.max_preempts_per_cycle == 0:
         return []
-    # backfill is decided: from here on GPUs are kept only for the jobs preemption makes room for
-    cluster.release_holds()
-    # jobs already asked to stop (preempted, requeued, cancelled) free their GPUs soon
-    for j in running:
-        if j.stop_request is not None and j.placement:
-            cluster.release(j.placement)
-    latest_start = now - config.min_run_s
-    rank_policy = config.policy in ("las", "srtf", "default")
-    # fair share (or a starving job) may preempt jobs that rank no worse than the waiting one
-    fair_policy = config.policy not in ("las", "srtf") or any(starved(w, config, now) for w in blocked)
+    return _Preemption(blocked, running, cluster, states, config, now).plan()
 
-    def skey(job: Job) -> tuple:
-        return effective_key(job, config, now)
-    rkeys: dict[int, tuple] = {}
-    las = config.orders_by_service
-    if las:
-        # no running job can rank below the best waiting one: nothing to do (the common case)
-        best_wait = min(skey(w)[:2] for w in blocked)
-        th = config.las_thresholds_gpu_s
-        bar = th[best_wait[1]] if best_wait[1] < len(th) else math.inf
-    pool = []
-    for j in running:
-        if j.spec.checkpointable and j.stop_request is None and j.placement is not None:
+
+class _Preemption:
+    """One cycle's preemption planning; each method is one step."""
+
+    def __init__(self, blocked: Sequence[Job], running: Sequence[Job], cluster: Cluster,
+                 states: Mapping[str, ShareState], config: PolicyConfig, now: float) -> None:
+        self.blocked, self.running, self.cluster = blocked, running, cluster
+        self.states, self.config, self.now = states, config, now
+        self.rank_policy = config.policy in ("las", "srtf", "default")
+        # fair share (or a starving job) may preempt jobs that rank no worse than the waiting one
+        self.fair_policy = config.policy not in ("las", "srtf") or any(starved(w, config, now) for w in blocked)
+        self.rkeys: dict[int, tuple] = {}
+        self.taken: set[int] = set()
+        self.out: list[tuple[int, str]] = []
+
+    def plan(self) -> list[tuple[int, str]]:
+        self._settle_cluster()
+        pool = self._candidates()
+        if not pool:
+            return []
+        for waiting in self.blocked:
+            if len(self.out) >= self.config.max_preempts_per_cycle:
+                break
+            self._make_room(waiting, pool)
+        return self.out[: max(self.config.max_preempts_per_cycle, 0)]
+
+    def _wait_key(self, job: Job) -> tuple:
+        return effective_key(job, self.config, self.now)[:2]
+
+    def _settle_cluster(self) -> None:
+        # backfill is decided: from here on GPUs are kept only for the jobs preemption makes room for
+        self.cluster.release_holds()
+        # jobs already asked to stop (preempted, requeued, cancelled) free their GPUs soon
+        for j in self.running:
+            if j.stop_request is not None and j.placement:
+                self.cluster.release(j.placement)
+
+    def _candidates(self) -> list[Job]:
+        """Running jobs that may be preempted (checkpointable, past ``min_run``, not stopping,
+        not started starved), worst-ranked first; [] when none could help a waiting job."""
+        config, now = self.config, self.now
+        latest_start = now - config.min_run_s
+        bar_tier, bar = None, math.inf
+        if config.orders_by_service and not self.fair_policy:
+            # a running job in the same or a better LAS queue than every waiting job is no victim
+            bar_tier, level = min(self._wait_key(w) for w in self.blocked)
+            th = config.las_thresholds_gpu_s
+            bar = th[level] if level < len(th) else math.inf
+        pool = []
+        for j in self.running:
+            if not j.spec.checkpointable or j.stop_request is not None or j.placement is None:
+                continue
             if j.started_at is None or j.started_at > latest_start or started_starving(j, config):
                 continue
-            if las and not fair_policy and -j.spec.priority == best_wait[0] and \
-                    accounting.attained_gpu_s(j, now) < bar:
-                continue  # in the same or a better queue than every waiting job
+            if bar_tier is not None and -j.spec.priority == bar_tier and accounting.attained_gpu_s(j, now) < bar:
+                continue
             pool.append(j)
-    if not pool:
-        return []
-    if rank_policy:
-        rkeys = {j.id: running_key(j, config, now) for j in pool}
-        worst = max(rkeys.values())
-        if not fair_policy and all(skey(w)[:2] >= worst for w in blocked):
-            return []  # no running job ranks below any waiting one
-        # worst first: lowest tier (las: the deepest queue; srtf: the longest remaining time),
-        # then the latest started, which loses the least progress since its last checkpoint
-        pool.sort(key=lambda j: (rkeys[j.id], j.started_at or 0.0, j.id), reverse=True)
-    out: list[tuple[int, str]] = []
-    taken: set[int] = set()
-    for waiting in blocked:
-        if len(out) >= config.max_preempts_per_cycle:
-            break
-        res = waiting.spec.resources
+        if pool and self.rank_policy:
+            rkeys = self.rkeys = {j.id: running_key(j, config, now) for j in pool}
+            worst = max(rkeys.values())
+            if not self.fair_policy and all(self._wait_key(w) >= worst for w in self.blocked):
+                return []  # no running job ranks below any waiting one
+            # worst first: lowest tier (las: the deepest queue; srtf: the longest remaining time),
+            # then the latest started, which loses the least progress since its last checkpoint
+            pool.sort(key=lambda j: (rkeys[j.id], j.started_at or 0.0, j.id), reverse=True)
+        return pool
+
+    def _victims_for(self, waiting: Job, pool: Sequence[Job]) -> tuple[list[Job], str]:
+        """Who may make room for ``waiting``, in order, and the reason to give them."""
+        free = [j for j in pool if j.id not in self.taken]
+        if starved(waiting, self.config, self.now):
+            # the starvation guard: any checkpointable job that did not start starved makes room
+            return free, "starvation guard: job {w} waited {m} min, more than its bound"
+        if self.rank_policy:
+            wkey = self._wait_key(waiting)
+            victims = [j for j in free if self.rkeys[j.id] > wkey]
+            if victims:
+                return victims, ("srtf: job {w} has less time left" if self.config.policy == "srtf"
+                                 else "las: job {w} has had less GPU time")
+        if self.fair_policy:
+            return (_over_share_victims(waiting, free, self.states, self.config, self.now),
+                    "fair share: {u} is over their share and job {w} of {wu}, who is under theirs, waited {m} min")
+        return [], ""
+
+    def _make_room(self, waiting: Job, pool: Sequence[Job]) -> None:
+        cluster, res = self.cluster, waiting.spec.resources
         if res.gpus == 0:
-            continue
+            return
         gang = res.gpus > cluster.max_node_gpus
-        room = (cluster.fit_gang(res) if config.gang else None) if gang else cluster.fit(res)
+        if gang and not self.config.gang:
+            return
+        room = cluster.fit_gang(res) if gang else cluster.fit(res)
         if room is not None:
             # it will fit once the stopping jobs are gone: keep that room for it
             cluster.hold(room[1], waiting.id, None)
-            continue
-        victims, why = [], ""
-        if starved(waiting, config, now):
-            # the starvation guard: any checkpointable job that did not start starving makes room
-            victims = [j for j in pool if j.id not in taken]
-            why = "starvation guard: job {w} waited {m} min, more than its bound"
-        elif rank_policy:
-            wkey = skey(waiting)[:2]
-            victims = [j for j in pool if j.id not in taken and rkeys[j.id] > wkey]
-            why = ("srtf: job {w} has less time left" if config.policy == "srtf"
-                   else "las: job {w} has had less GPU time")
-        if not victims and fair_policy:
-            victims = _over_share_victims(waiting, pool, taken, states, config, now)
-            why = ("fair share: {u} is over their share and job {w} of {wu}, who is under theirs, "
-                   "waited {m} min")
+            return
+        victims, why = self._victims_for(waiting, pool)
         if not victims:
-            continue
-        chosen = _victims_across_nodes(waiting, victims, cluster) if gang and config.gang \
+            return
+        chosen = _victims_across_nodes(waiting, victims, cluster) if gang \
             else _victims_on_best_node(waiting, victims, cluster)
         if chosen is None:
-            continue
+            return
         for v in chosen:
-            taken.add(v.id)
+            self.taken.add(v.id)
             if v.placement is not None:
                 cluster.release(v.placement)
-            out.append((v.id, why.format(w=waiting.id, u=v.owner.user, wu=waiting.owner.user,
-                                         m=int((now - waiting.submitted_at) // 60))))
+            self.out.append((v.id, why.format(w=waiting.id, u=v.owner.user, wu=waiting.owner.user,
+                                              m=int((self.now - waiting.submitted_at) // 60))))
         # hold the freed GPUs for the waiting job, so this cycle's what-ifs do not reuse them
         fit = cluster.fit_gang(res) if gang else cluster.fit(res)
         if fit is not None:
             cluster.hold(fit[1], waiting.id, None)
-    return out[: max(config.max_preempts_per_cycle, 0)]
 
 
 def starved(job: Job, config: PolicyConfig, now: float) -> bool:
@@ -140,7 +171,7 @@ def started_starving(job: Job, config: PolicyConfig) -> bool:
     return waited >= config.starve_after_s * max(job.spec.resources.gpus, 1)
 
 
-def _over_share_victims(waiting: Job, pool: Sequence[Job], taken: set[int], states: Mapping[str, ShareState],
+def _over_share_victims(waiting: Job, pool: Sequence[Job], states: Mapping[str, ShareState],
                         config: PolicyConfig, now: float) -> list[Job]:
     """Fair share: running jobs of over-share users, the most over-share first, for a job of a
     user under their share that waited ``preempt_wait_s``."""
@@ -148,7 +179,7 @@ def _over_share_victims(waiting: Job, pool: Sequence[Job], taken: set[int], stat
     if st is None or st.over_share >= 1.0 or now - waiting.submitted_at < config.preempt_wait_s:
         return []
     over = {u for u, s in states.items() if s.over_share > 1.0}
-    victims = [j for j in pool if j.id not in taken and j.owner.user in over
+    victims = [j for j in pool if j.owner.user in over
                and j.spec.priority <= waiting.spec.priority]
     victims.sort(key=lambda j: (states[j.owner.user].over_share, j.started_at or 0.0), reverse=True)
     return victims

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from gpuq.jobs.model import Job, JobState
+from gpuq.jobs.model import Job, JobState, StopKind
 from gpuq.paths import Paths
 from gpuq.store import Store
 from gpuq.workers import cgroup
@@ -88,9 +88,18 @@ def claim(store: Store, node: str, job_id: int, now: float) -> Job | None:
             return None
         if j.started_at is not None:
             return None  # another worker already claimed this placement
+        if j.stop_request is not None:  # cancelled, requeued or drained before it started: no run
+            sr = j.stop_request
+            if sr.kind is StopKind.CANCEL:
+                return j.transition(JobState.CANCELLED, ended_at=now, end_reason=f"cancelled by {sr.by} before it started")
+            return j.transition(JobState.PENDING, end_reason=f"{sr.kind.value} before it started")
         return j.with_changes(started_at=now)
 
-    return store.update(job_id, change, now, event=f"worker on {node} claimed it")
+    def event(j: Job) -> str:
+        return f"worker on {node} claimed it" if j.state is JobState.RUNNING else f"{j.state.value}: {j.end_reason}"
+
+    got = store.update(job_id, change, now, event=event)
+    return got if got is not None and got.state is JobState.RUNNING else None
 
 
 def run_job(job_id: int) -> str:

@@ -87,7 +87,7 @@ def end_run(store: Store, job: Job, why: str, now: float) -> Job | None:
             return j.transition(JobState.CANCELLED, ended_at=now, end_reason=f"cancelled by {sr.by}; {why}")
         if sr is not None:
             return j.transition(JobState.PENDING, requeues=j.requeues + 1, end_reason=f"requeued ({sr.kind.value}); {why}")
-        if j.started_at is None:
+        if j.pid is None:  # no process was ever started (e.g. a worker killed mid-launch): nothing ran
             return j.transition(JobState.PENDING, end_reason=f"{why}; requeued (it had not started)")
         if j.spec.checkpointable:
             return j.transition(JobState.PENDING, requeues=j.requeues + 1, end_reason=f"{why}; requeued (checkpointable)")

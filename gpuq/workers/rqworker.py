@@ -5,9 +5,10 @@
 The Redis URL comes through the environment, never the command line: a URL may hold the shared
 server's password, and every local user can read command lines (only the owner can read environ).
 
-It runs with the JSON serializer and forks a work horse per job, in which
-:func:`gpuq.workers.launcher.run_job` claims a placement and forks the job's detached
-supervisor (milliseconds): a few workers serve any number of running jobs.
+It runs with the JSON serializer.  Each RQ job is :func:`gpuq.workers.launcher.run_job`: claim
+a placement and fork the job's detached supervisor (milliseconds), so a few workers serve any
+number of running jobs.  It runs in the worker process itself (RQ's ``SimpleWorker``): a work
+horse forked per launch would only add a fork and RQ's horse monitoring to every start.
 """
 
 from __future__ import annotations
@@ -37,17 +38,18 @@ def main(argv: list[str]) -> int:
         print("usage: GPUQ_WORKER_REDIS_URL=URL python -m gpuq.workers.rqworker QUEUE_NAME", file=sys.stderr)
         return 2
     _die_with_parent()
-    from rq import Queue, Worker
+    from rq import Queue, SimpleWorker
     from rq.serializers import JSONSerializer
 
-    import gpuq.workers.launcher  # noqa: F401  (imported once here; each forked work horse inherits it)
+    import gpuq.workers.launcher  # noqa: F401  (imported once here; each supervisor forked from us inherits it)
+    import gpuq.workers.supervisor  # noqa: F401
     from gpuq.store import connect
 
     (queue_name,) = argv
     conn = connect(url)
     queue = Queue(queue_name, connection=conn, serializer=JSONSerializer)
     name = f"{os.environ.get('GPUQ_NODE', 'node')}.{os.getpid()}"
-    worker = Worker([queue], connection=conn, serializer=JSONSerializer, name=name)
+    worker = SimpleWorker([queue], connection=conn, serializer=JSONSerializer, name=name)
     logging.getLogger("rq.worker").setLevel(logging.WARNING)
     worker.work(logging_level="WARNING", with_scheduler=False)
     return 0

@@ -274,6 +274,13 @@ class Supervisor:
         if job.stop_request is not None:
             return self._finish(job, None, job.stop_request.kind, False, 0.0, job.stop_request.by)
         log_path, ckpt, progress = self._prepare_files(job)
+        try:  # a stop acknowledged while we were being forked: do not start the process at all
+            now_job = self.store.get(job.id)
+            if same_run(now_job, job) and now_job.stop_request is not None:
+                sr = now_job.stop_request
+                return self._finish(job, None, sr.kind, False, 0.0, sr.by)
+        except (StoreUnavailable, JobNotFound, RecordSetAside):
+            pass
         log = CappedLog(log_path, self.ctx.log_cap_bytes)
         try:
             try:
