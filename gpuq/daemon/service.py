@@ -27,6 +27,13 @@ from gpuq.workers.notify import notify_job_end
 
 
 LOG_CHUNK_BYTES = 256 * 1024
+#: The jobs of an array that each verb acts on when given the array's id (the others are left alone).
+ARRAY_VERB_STATES = {
+    "cancel": (JobState.PENDING, JobState.HELD, JobState.RUNNING),
+    "hold": (JobState.PENDING,),
+    "release": (JobState.HELD,),
+    "requeue": (JobState.RUNNING,),
+}
 #: Pending and held jobs one user may have when ``[scheduler] max_pending`` does not say.
 DEFAULT_MAX_PENDING = 1000
 #: Finished jobs ``gpuq status --all`` shows (the newest); older ones stay in the store until retention.
@@ -135,13 +142,19 @@ class Service:
     def _submit_array(self, caller: Caller, req: SubmitRequest, spec: JobSpec, now: float) -> dict[str, Any]:
         """One request, many jobs: ``--array`` over one command, or ``--from FILE`` (one per line)."""
         indices, limit = parse_array(req.array or "", len(req.commands) if req.commands is not None else None)
+        programs: dict[str, tuple[str, ...]] = {}  # how each program resolves depends only on its name
+
+        def resolved(argv: Sequence[str]) -> tuple[str, ...]:
+            if argv[0] not in programs:  # checked with the caller's rights, once per program
+                programs[argv[0]] = resolve_as(caller.uid, caller.gid, caller.groups, argv[:1], req.cwd, req.env)
+            return programs[argv[0]] + tuple(argv[1:])
+
         argvs: list[tuple[str, ...]] = []
         for i in indices:
             if req.commands is not None:
-                argvs.append(resolve_as(caller.uid, caller.gid, caller.groups, req.commands[i], req.cwd, req.env))
+                argvs.append(resolved(req.commands[i]))
             elif spec.argv is req.argv and PLACEHOLDER in req.argv[0]:
-                argvs.append(resolve_as(caller.uid, caller.gid, caller.groups, substitute(req.argv, i), req.cwd,
-                                        req.env))
+                argvs.append(resolved(substitute(req.argv, i)))
             else:
                 argvs.append(tuple(substitute(spec.argv, i)))
         owner = caller.owner()
@@ -273,6 +286,13 @@ class Service:
             except GpuqError as e:
                 out.append({"id": ref, "ok": False, "error": str(e), "status": e.http_status})
                 continue
+            if len(targets) > 1:  # a whole array: act on the jobs the verb applies to, as scancel/scontrol do
+                jobs = [j for j in self.store.get_many(targets) if j.state in ARRAY_VERB_STATES[verb]]
+                if not jobs:
+                    out.append({"id": ref, "ok": False, "status": 409, "error": f"array {ref} has no "
+                                f"{' or '.join(s.value for s in ARRAY_VERB_STATES[verb])} jobs to {verb}."})
+                    continue
+                targets = [j.id for j in jobs]
             for job_id in targets:
                 out.append(self._act_one(caller, job_id, verb, change))
         return out

@@ -125,6 +125,9 @@ def _read_all(fd: int, timeout_s: float) -> bytes | None:
 
 
 def _reap(pid: int) -> None:
+    """Collect the child (killing it if it still runs).  It is registered as the daemon's own
+    (``children.fork_own``), so the reaper of adopted supervisors leaves it to us; should it be
+    gone anyway, that is fine."""
     try:
         done, _ = os.waitpid(pid, os.WNOHANG)
         if done == 0:
@@ -133,5 +136,7 @@ def _reap(pid: int) -> None:
             except ProcessLookupError:
                 pass
             os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
     finally:
         children.waited(pid)

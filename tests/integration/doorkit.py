@@ -22,7 +22,10 @@ payload = body.encode("utf-8", "surrogatepass")
 s = socket.socket(socket.AF_UNIX)
 s.settimeout(30)
 s.connect(path)
-s.sendall(f"{method} {url} HTTP/1.1\r\nHost: gpuq\r\nContent-Length: {len(payload)}\r\n\r\n".encode() + payload)
+try:
+    s.sendall(f"{method} {url} HTTP/1.1\r\nHost: gpuq\r\nContent-Length: {len(payload)}\r\n\r\n".encode() + payload)
+except (BrokenPipeError, ConnectionResetError):
+    pass  # the daemon answered (503) and closed before reading: its answer is still there
 reply = b""
 while chunk := s.recv(65536):
     reply += chunk

@@ -143,8 +143,10 @@ def test_array_from_file_and_cancel_hold_release_by_array_id(daemon, open_tmp):
     assert daemon.cli("hold", str(aid)).out.strip() == f"jobs {aid}-{aid + 9}: held"
     assert {j["state"] for j in daemon.cli("status", str(aid), "--json").json()["jobs"]} == {"held"}
     assert daemon.cli("release", f"{aid}_3").out.strip() == f"job {aid + 3}: pending (released)"
+    assert daemon.cli("hold", str(aid)).out.strip() == f"job {aid + 3}: held"  # only the pending one; no errors
     assert daemon.cli("cancel", str(aid)).out.strip() == f"jobs {aid}-{aid + 9}: cancelled"
     _one_error(daemon.cli("cancel", f"{aid}_42"), "no element 42")
+    _one_error(daemon.cli("cancel", str(aid)), f"array {aid} has no pending or held or running jobs to cancel")
     daemon.cli("cancel", str(blocker))
 
 
@@ -168,7 +170,7 @@ def test_dependencies_as_slurm_users_know_them(daemon, open_tmp):
     _one_error(daemon.cli("submit", "--after", "999999", "--", "true", cwd=open_tmp), "no job 999999")
 
 
-def test_a_config_option_keeps_impossible_dependents(make_daemon, open_tmp):
+def test_a_config_option_keeps_impossible_dependents(open_tmp, make_daemon):  # open_tmp outlives the daemon
     base = open_tmp / "keep"
     (base / "home").mkdir(parents=True)
     (base / "home" / "config.toml").write_text("[daemon]\nkeep_impossible_dependents = true\n")

@@ -49,7 +49,7 @@ def _metric(text: str, name: str, **labels: str) -> float | None:
     return None
 
 
-def test_prometheus_metrics(make_daemon, open_tmp):
+def test_prometheus_metrics(open_tmp, make_daemon):  # open_tmp (the home's parent) outlives the daemon
     port = _free_port()
     d = _daemon_with(make_daemon, open_tmp, f"metrics_port = {port}\n")
     url = f"http://127.0.0.1:{port}/metrics"
@@ -86,7 +86,7 @@ def test_prometheus_metrics(make_daemon, open_tmp):
             assert s.connect_ex((addr, port)) != 0
 
 
-def test_dashboard_in_a_headless_browser(make_daemon, open_tmp):
+def test_dashboard_in_a_headless_browser(open_tmp, make_daemon):
     from selenium import webdriver
     from selenium.webdriver.chrome.options import Options
     from selenium.webdriver.chrome.service import Service

@@ -146,12 +146,11 @@ def test_sigterm_in_every_phase_ends_in_75_or_completion(job_env: Callable[..., 
     assert "SIGTERM after training finished" in text and job.latest().endswith(f"ckpt-{STEPS}")
     starts += _states(text)
 
-    # 6. in the epilogue: exit 75 at once (the script would sleep 30 s otherwise)
-    began = time.monotonic()
+    # 6. in the epilogue: exit 75 at once (the script would sleep 600 s otherwise, beyond run()'s timeout)
     code, text = job.run("--sigterm-in", "epilogue")
     assert code == REQUEUE_EXIT_CODE, text
     assert "trained 0 steps in this run" in text and "SIGTERM after training finished" in text
-    assert "EPILOGUE DONE" not in text and time.monotonic() - began < 25
+    assert "EPILOGUE DONE" not in text
     starts += _states(text)
 
     # 7. the requeued run finishes at once
