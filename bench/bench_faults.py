@@ -112,12 +112,12 @@ class Record:
 
 
 class Harness:
-    def __init__(self, base: Path, seed: int, gpuq: str, node: str = "faults"):
+    def __init__(self, base: Path, seed: int, gpuq: str, node: str = ""):
         self.base = base
         self.home = base / "home"
         self.rng = random.Random(seed)
         self.gpuq = gpuq
-        self.node = node
+        self.node = node or f"faults{os.getpid()}"  # unique: other runs may share the machine
         self.locks = base / "locks"
         self.locks.mkdir(mode=0o1777)
         os.chmod(self.locks, 0o1777)

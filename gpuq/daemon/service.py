@@ -142,13 +142,19 @@ class Service:
     def _submit_array(self, caller: Caller, req: SubmitRequest, spec: JobSpec, now: float) -> dict[str, Any]:
         """One request, many jobs: ``--array`` over one command, or ``--from FILE`` (one per line)."""
         indices, limit = parse_array(req.array or "", len(req.commands) if req.commands is not None else None)
+        programs: dict[str, tuple[str, ...]] = {}  # how each program resolves depends only on its name
+
+        def resolved(argv: Sequence[str]) -> tuple[str, ...]:
+            if argv[0] not in programs:  # checked with the caller's rights, once per program
+                programs[argv[0]] = resolve_as(caller.uid, caller.gid, caller.groups, argv[:1], req.cwd, req.env)
+            return programs[argv[0]] + tuple(argv[1:])
+
         argvs: list[tuple[str, ...]] = []
         for i in indices:
             if req.commands is not None:
-                argvs.append(resolve_as(caller.uid, caller.gid, caller.groups, req.commands[i], req.cwd, req.env))
+                argvs.append(resolved(req.commands[i]))
             elif spec.argv is req.argv and PLACEHOLDER in req.argv[0]:
-                argvs.append(resolve_as(caller.uid, caller.gid, caller.groups, substitute(req.argv, i), req.cwd,
-                                        req.env))
+                argvs.append(resolved(substitute(req.argv, i)))
             else:
                 argvs.append(tuple(substitute(spec.argv, i)))
         owner = caller.owner()

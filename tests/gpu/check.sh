@@ -63,5 +63,16 @@ f=$(gpuq submit -q --fraction 0.25 tf_contract_torch.py)
 while gpuq status "$f" --json | grep -qE '"state": "(pending|running)"'; do sleep 1; done
 gpuq logs "$f"
 check "a --fraction 0.25 job could not allocate beyond its share" "gpuq status $f --json | grep -q '\"exit_code\": 0'"
+echo "== containment: $(gpuq status --json | "$PY" -c "import json,sys; print(json.load(sys.stdin)['nodes'][0].get('containment', '?'))")"
+echo "== device isolation: a job that unsets CUDA_VISIBLE_DEVICES sees only its own GPU (devices controller)"
+d=$(gpuq submit -q --gpus 1 -- env -u CUDA_VISIBLE_DEVICES "$PY" -c "import json,torch; json.dump({'n': torch.cuda.device_count()}, open('d.json','w'))")
+gpuq wait "$d" >/dev/null 2>&1 || true
+check "a job without CUDA_VISIBLE_DEVICES sees at most its one GPU" "$PY -c \"import json; raise SystemExit(0 if json.load(open('d.json'))['n'] <= 1 else 1)\""
+echo "== over-use: a job that ignores its PyTorch share and allocates 3 GiB on a 1 GiB reservation"
+o=$(gpuq submit -q --gpu-mem 1GiB -- env -u PYTORCH_ALLOC_CONF "$PY" alloc_torch.py 3072 20 o.json)
+for _ in $(seq 100); do gpuq status "$o" --json | grep -q 'GPU memory over-use' && break; sleep 0.2; done
+check "the over-use is an event on the job" "gpuq status $o --json | grep -q 'GPU memory over-use'"
+check "and a warning in gpuq status" "gpuq status | grep -q 'Warning: job $o uses'"
+gpuq cancel "$o" >/dev/null 2>&1 || true
 echo "== $fails check(s) failed"
 exit $fails
