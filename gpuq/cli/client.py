@@ -57,6 +57,10 @@ def _read_response(sock: socket.socket) -> Response:
 BUSY_RETRY_PAUSES_S = (0.05, 0.1, 0.2, 0.4, 0.8, 1.0, 1.0)
 
 
+_QUEUE_FULL = (b'{"error": "the gpuq daemon is busy (its connection queue is full); try again in a moment.", '
+               b'"kind": "DaemonBusy"}')
+
+
 def _is_busy(resp: Response) -> bool:
     return resp.status == 503 and b'"DaemonBusy"' in resp.body
 
@@ -85,7 +89,10 @@ class Client:
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         s.settimeout(self.timeout_s)
         try:
-            s.connect(str(self.path))
+            try:
+                s.connect(str(self.path))
+            except BlockingIOError:  # EAGAIN: the daemon's listen queue is full for a moment
+                return Response(503, {}, _QUEUE_FULL)
             try:
                 s.sendall(head + payload)
             except (BrokenPipeError, ConnectionResetError):

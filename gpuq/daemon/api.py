@@ -74,6 +74,7 @@ def _refusal(message: str) -> bytes:
 class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = MAX_CONNECTIONS  # listen backlog: a burst of clients queues (socketserver's 5 refused them)
     service: Service
 
     def __init__(self, path: str, handler: type) -> None:
