@@ -57,10 +57,6 @@ def _read_response(sock: socket.socket) -> Response:
 BUSY_RETRY_PAUSES_S = (0.05, 0.1, 0.2, 0.4, 0.8, 1.0, 1.0)
 
 
-_QUEUE_FULL = (b'{"error": "the gpuq daemon is busy (its connection queue is full); try again in a moment.", '
-               b'"kind": "DaemonBusy"}')
-
-
 def _is_busy(resp: Response) -> bool:
     return resp.status == 503 and b'"DaemonBusy"' in resp.body
 
@@ -74,15 +70,19 @@ class Client:
         import random
         import time
 
-        resp = self._request_once(method, url, body)
         for pause in BUSY_RETRY_PAUSES_S:
-            if not _is_busy(resp):
-                break
-            time.sleep(pause * (0.5 + random.random()))  # jitter: a burst does not retry in step
             resp = self._request_once(method, url, body)
+            if resp is not None and not _is_busy(resp):
+                return resp
+            time.sleep(pause * (0.5 + random.random()))  # jitter: a burst does not retry in step
+        resp = self._request_once(method, url, body)
+        if resp is None:
+            raise GpuqError("the gpuq daemon is too busy to take the connection; try again in a moment.")
         return resp
 
-    def _request_once(self, method: str, url: str, body: Any = None) -> Response:
+    def _request_once(self, method: str, url: str, body: Any = None) -> Response | None:
+        """One request; None when the daemon's listen queue is full (connect fails with EAGAIN:
+        nothing was sent, so trying again is safe)."""
         payload = b"" if body is None else json.dumps(body).encode()
         head = (f"{method} {url} HTTP/1.1\r\nHost: gpuq\r\nConnection: close\r\n"
                 f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n").encode()
@@ -91,8 +91,8 @@ class Client:
         try:
             try:
                 s.connect(str(self.path))
-            except BlockingIOError:  # EAGAIN: the daemon's listen queue is full for a moment
-                return Response(503, {}, _QUEUE_FULL)
+            except BlockingIOError:
+                return None
             try:
                 s.sendall(head + payload)
             except (BrokenPipeError, ConnectionResetError):
