@@ -132,17 +132,18 @@ class Daemon:
     def cancel_all(self, timeout: float = 30) -> None:
         """Cancel every job still queued or running and wait until none runs.  A daemon stopped by
         SIGTERM leaves its jobs running (they outlive it by design), so a test's teardown must end
-        them itself or they would outlive the test."""
-        r = self.cli("status", "--json")
+        them itself or they would outlive the test.  It runs from ``/``: the test's own directories
+        may already be gone (fixtures are torn down in reverse order)."""
+        r = self.cli("status", "--json", cwd=Path("/"))
         if r.rc != 0:
             return
         active = [str(j["id"]) for j in r.json()["jobs"] if j["state"] in ("pending", "held", "running")]
         if not active:
             return
-        self.cli("cancel", *active)
+        self.cli("cancel", *active, cwd=Path("/"))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            r = self.cli("status", "--json")
+            r = self.cli("status", "--json", cwd=Path("/"))
             if r.rc != 0 or not any(j["state"] == "running" for j in r.json()["jobs"]):
                 return
             time.sleep(0.2)
@@ -171,7 +172,9 @@ class Daemon:
 
 
 @pytest.fixture
-def make_daemon():
+def make_daemon(open_tmp):
+    # Depends on open_tmp so that it is torn down first: a test may keep a daemon's home inside
+    # open_tmp, and the daemon must still answer when its teardown cancels what is left running.
     started: list[Daemon] = []
     dirs: list[Path] = []
 

@@ -70,22 +70,29 @@ class Client:
         import random
         import time
 
-        resp = self._request_once(method, url, body)
         for pause in BUSY_RETRY_PAUSES_S:
-            if not _is_busy(resp):
-                break
-            time.sleep(pause * (0.5 + random.random()))  # jitter: a burst does not retry in step
             resp = self._request_once(method, url, body)
+            if resp is not None and not _is_busy(resp):
+                return resp
+            time.sleep(pause * (0.5 + random.random()))  # jitter: a burst does not retry in step
+        resp = self._request_once(method, url, body)
+        if resp is None:
+            raise GpuqError("the gpuq daemon is too busy to take the connection; try again in a moment.")
         return resp
 
-    def _request_once(self, method: str, url: str, body: Any = None) -> Response:
+    def _request_once(self, method: str, url: str, body: Any = None) -> Response | None:
+        """One request; None when the daemon's listen queue is full (connect fails with EAGAIN:
+        nothing was sent, so trying again is safe)."""
         payload = b"" if body is None else json.dumps(body).encode()
         head = (f"{method} {url} HTTP/1.1\r\nHost: gpuq\r\nConnection: close\r\n"
                 f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n").encode()
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         s.settimeout(self.timeout_s)
         try:
-            s.connect(str(self.path))
+            try:
+                s.connect(str(self.path))
+            except BlockingIOError:
+                return None
             try:
                 s.sendall(head + payload)
             except (BrokenPipeError, ConnectionResetError):

@@ -74,6 +74,9 @@ def _refusal(message: str) -> bytes:
 class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
     allow_reuse_address = True
+    # listen() backlog: socketserver's default of 5 overflows when a burst of CLI processes connect
+    # while the accept loop waits for the CPU, and a client then fails at once with EAGAIN.
+    request_queue_size = 256
     service: Service
 
     def __init__(self, path: str, handler: type) -> None:

@@ -27,8 +27,11 @@ try:
 except (BrokenPipeError, ConnectionResetError):
     pass  # the daemon answered (503) and closed before reading: its answer is still there
 reply = b""
-while chunk := s.recv(65536):
-    reply += chunk
+try:
+    while chunk := s.recv(65536):
+        reply += chunk
+except ConnectionResetError:
+    pass  # after a refusal the kernel reports the unread request as a reset, after the answer
 head, _, rest = reply.partition(b"\r\n\r\n")
 print(json.dumps({"status": int(head.split()[1]), "body": rest.decode("utf-8", "replace")}))
 """
