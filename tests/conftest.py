@@ -129,6 +129,16 @@ class Daemon:
     def cli(self, *args: str, **kw: Any) -> Result:
         return run_cli(self.home, *args, **kw)
 
+    def wait_pid(self, job_id: int, timeout: float = 30) -> int:
+        """The pid of a running job's process, once its supervisor has recorded it."""
+        deadline = time.monotonic() + timeout
+        job = self.job(job_id)
+        while not job.get("pid"):
+            assert time.monotonic() < deadline, job
+            time.sleep(0.05)
+            job = self.job(job_id)
+        return job["pid"]
+
     def cancel_all(self, timeout: float = 30) -> None:
         """Cancel every job still queued or running and wait until none runs.  A daemon stopped by
         SIGTERM leaves its jobs running (they outlive it by design), so a test's teardown must end

@@ -86,6 +86,17 @@ def _kill_each(pids: Iterable[int], sig: int) -> None:
             pass
 
 
+def _rmdir_if_done(d: Path) -> None:
+    """Remove a job's cgroup directory; one already gone or still busy (a member not yet reaped) stays as it is."""
+    try:
+        d.rmdir()
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        if e.errno != errno.EBUSY:
+            raise
+
+
 def _job_name(job_id: int) -> str:
     return f"job-{job_id}"
 
@@ -182,13 +193,7 @@ class CgroupV2:
             time.sleep(0.01)
 
     def remove(self, job_id: int) -> None:
-        try:
-            self._dir(job_id).rmdir()
-        except FileNotFoundError:
-            pass
-        except OSError as e:
-            if e.errno != errno.EBUSY:
-                raise
+        _rmdir_if_done(self._dir(job_id))
 
     def jobs(self) -> list[int]:
         return _job_ids(self.base)
@@ -268,13 +273,7 @@ class CgroupV1:
 
     def remove(self, job_id: int) -> None:
         for d in self._dirs(job_id).values():
-            try:
-                d.rmdir()
-            except FileNotFoundError:
-                pass
-            except OSError as e:
-                if e.errno != errno.EBUSY:
-                    raise
+            _rmdir_if_done(d)
 
     def jobs(self) -> list[int]:
         return _job_ids(self.root / self.controllers[0] / BASE / self.node)

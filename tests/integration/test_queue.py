@@ -191,7 +191,7 @@ def test_queue_survives_daemon_restart_and_the_running_job_keeps_running(make_da
     d = make_daemon("--simulate-gpus", "1x24GiB", "--grace", "2s", "--node", "n1")
     _script(open_tmp)
     running = d.submit("jobscript.py", "r.json", "0.1", cwd=open_tmp, env={"JOB_GATE": "go"})
-    pid = _wait_pid(d, running)
+    pid = d.wait_pid(running)
     waiting = d.submit("--gpu-mem", "4GiB", "--name", "waits", "jobscript.py", "w.json", "0.1", cwd=open_tmp)
     held = d.submit("jobscript.py", "h.json", "0.1", cwd=open_tmp)
     assert d.cli("hold", str(held)).rc == 0
@@ -224,15 +224,6 @@ def test_queue_survives_daemon_restart_and_the_running_job_keeps_running(make_da
     assert ids_after == max(before) + 1  # ids continue, nothing was reused
 
 
-def _wait_pid(d, job_id: int) -> int:
-    deadline = time.monotonic() + 30
-    job = d.job(job_id)
-    while not job.get("pid"):
-        assert time.monotonic() < deadline, job
-        time.sleep(0.1)
-        job = d.job(job_id)
-    return job["pid"]
-
 
 def test_exit_75_means_requeue_and_the_checkpoint_dir_survives(daemon, open_tmp):
     script = open_tmp / "ckpt.sh"
@@ -257,7 +248,7 @@ def test_daemon_killed_hard_then_restarted_adopts_its_jobs(make_daemon, open_tmp
     d = make_daemon("--simulate-gpus", "1x24GiB", "--grace", "2s", "--node", "crash")
     _script(open_tmp)
     j = d.submit("--checkpointable", "jobscript.py", "r.json", "0.2", cwd=open_tmp, env={"JOB_GATE": "go"})
-    old_pid = _wait_pid(d, j)
+    old_pid = d.wait_pid(j)
     d.proc.send_signal(_signal.SIGKILL)  # no clean shutdown: the store still says "running"
     d.proc.wait(10)
     d.start()

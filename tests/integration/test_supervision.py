@@ -24,15 +24,6 @@ def _config(dir_: Path, daemon: str = "", scheduler: str = "") -> Path:
     return p
 
 
-def _pid_of_job(d, job_id: int) -> int:
-    deadline = time.monotonic() + 30
-    job = d.job(job_id)
-    while not job.get("pid"):
-        assert time.monotonic() < deadline, job
-        time.sleep(0.05)
-        job = d.job(job_id)
-    return job["pid"]
-
 
 def _supervisor_of(d, job_id: int) -> int:
     rec = json.loads((d.home / "supervisors" / f"{job_id}.json").read_text())
@@ -96,7 +87,7 @@ def test_without_cgroups_the_log_and_status_say_so(make_daemon, open_tmp):
     assert d.log.read_text().count("cgroups unavailable") == 1
     assert "cgroups unavailable" in d.cli("status").out
     j = d.submit("--gpus", "0", "--", "sleep", "600", cwd=open_tmp)
-    pid = _pid_of_job(d, j)
+    pid = d.wait_pid(j)
     assert d.cli("cancel", str(j)).rc == 0  # the process-group fallback still stops the job
     d.wait_state(j, "cancelled", timeout=30)
     assert not _alive(pid)
@@ -107,7 +98,7 @@ def test_killed_supervisor_is_noticed_and_its_job_stopped(make_daemon, open_tmp)
     _escape_script(open_tmp)
     plain = d.submit("--gpus", "0", "--", "./escape.sh", cwd=open_tmp)
     escaped = int(_wait_file(open_tmp / "escaped.pid"))
-    main = _pid_of_job(d, plain)
+    main = d.wait_pid(plain)
     sup = _supervisor_of(d, plain)
     os.kill(sup, signal.SIGKILL)
     t0 = time.monotonic()
@@ -121,7 +112,7 @@ def test_killed_supervisor_is_noticed_and_its_job_stopped(make_daemon, open_tmp)
     (open_tmp / "ck.sh").write_text("#!/bin/sh\n[ -f again ] && exit 0\ntouch again\nsleep 600\n")
     (open_tmp / "ck.sh").chmod(0o755)
     ck = d.submit("--checkpointable", "--gpus", "1", "--", "./ck.sh", cwd=open_tmp)
-    _pid_of_job(d, ck)
+    d.wait_pid(ck)
     os.kill(_supervisor_of(d, ck), signal.SIGKILL)
     job = d.wait_state(ck, "completed", timeout=30)
     assert job["requeues"] == 1
@@ -133,7 +124,7 @@ def test_acknowledged_cancel_survives_a_daemon_crash(make_daemon, open_tmp):
     (open_tmp / "stubborn.sh").write_text("#!/bin/sh\ntrap '' TERM\nwhile true; do sleep 0.1; done\n")
     (open_tmp / "stubborn.sh").chmod(0o755)
     j = d.submit("--checkpointable", "--", "./stubborn.sh", cwd=open_tmp)
-    pid = _pid_of_job(d, j)
+    pid = d.wait_pid(j)
     assert d.cli("cancel", str(j)).rc == 0
     d.proc.send_signal(signal.SIGKILL)  # inside the grace period
     d.proc.wait(10)
@@ -146,14 +137,14 @@ def test_acknowledged_cancel_survives_a_daemon_crash(make_daemon, open_tmp):
 def test_drain_stops_and_requeues_while_plain_sigterm_leaves_jobs_running(make_daemon, open_tmp):
     d = make_daemon("--simulate-gpus", "1x24GiB", "--grace", "1s", "--node", "drain", "--drain")
     j = d.submit("--checkpointable", "--", "sleep", "600", cwd=open_tmp)
-    pid = _pid_of_job(d, j)
+    pid = d.wait_pid(j)
     assert d.stop() == 0
     assert not _alive(pid)
     d.args = [a for a in d.args if a != "--drain"]
     d.start()
     job = d.job(j)
     assert job["requeues"] == 1 and any("drain" in e for e in _events(d, j)), job
-    pid2 = _pid_of_job(d, j)
+    pid2 = d.wait_pid(j)
     assert pid2 != pid
 
 
@@ -320,7 +311,7 @@ def test_a_lost_node_has_its_jobs_requeued_and_its_stale_processes_fenced(make_d
     j = a.submit("--checkpointable", "--gpus", "1", "--", "sleep", "600", cwd=open_tmp)
     job = a.wait_state(j, "running")
     assert job["placement"]["node"] == "lose"
-    old_pid = _pid_of_job(a, j)
+    old_pid = a.wait_pid(j)
     os.kill(b.proc.pid, signal.SIGSTOP)  # the node goes silent (its supervisor still runs)
     try:
         deadline = time.monotonic() + 40
@@ -336,5 +327,5 @@ def test_a_lost_node_has_its_jobs_requeued_and_its_stale_processes_fenced(make_d
         os.kill(b.proc.pid, signal.SIGCONT)
     a.cli("cancel", str(blocker))
     job = a.wait_state(j, "running", timeout=30)  # the requeued run starts again (on either node)
-    assert job["requeues"] == 1 and _pid_of_job(a, j) != old_pid
+    assert job["requeues"] == 1 and a.wait_pid(j) != old_pid
     a.cli("cancel", str(j))
