@@ -75,6 +75,10 @@ def submit(
     gpu_mem: Optional[str] = typer.Option(None, "--gpu-mem", "-m", help="memory per GPU, with a unit: 10GiB, 512MiB."),
     fraction: Optional[str] = typer.Option(None, "--fraction", help="share of each GPU, like 0.25 (instead of --gpu-mem)."),
     exclusive: bool = typer.Option(False, "--exclusive", help="no other job on its GPUs."),
+    mem: Optional[str] = typer.Option(None, "--mem", metavar="SIZE",
+                                      help="host memory limit, with a unit: 16GiB (over it the job is OOM-killed)."),
+    cpus: Optional[str] = typer.Option(None, "--cpus", metavar="N",
+                                       help="CPU limit, fractions allowed: 4, 0.5 (a quota, not pinned cores)."),
     name: Optional[str] = typer.Option(None, "--name", "-n", help="a name shown in status (default: the script's)."),
     priority: int = typer.Option(0, "--priority", "-p",
                                  help="order among your own jobs: negative lets others of yours go first "
@@ -113,8 +117,9 @@ def submit(
                            "or --from FILE.")
     if commands is not None and command:
         raise InvalidInput("--from FILE gives the commands: leave the command off the line.")
-    if gpu_mem:
-        parse_size_mib(gpu_mem, what="--gpu-mem")  # a mistake is reported before anything is sent
+    for size, what in ((gpu_mem, "--gpu-mem"), (mem, "--mem")):
+        if size:
+            parse_size_mib(size, what=what)  # a mistake is reported before anything is sent
     body = {
         "argv": command or commands[0], "cwd": os.getcwd(), "env": dict(os.environ), "gpus": gpus, "nodes": nodes,
         "gpu_mem": gpu_mem, "fraction": fraction, "exclusive": exclusive, "name": name, "priority": priority,
@@ -122,6 +127,10 @@ def submit(
         "after_notok": submit_parts.id_list(after_notok), "time_limit": time_limit,
         "checkpointable": checkpointable, "notify": submit_parts.notify_command(notify),
     }
+    if mem is not None:
+        body["mem"] = mem
+    if cpus is not None:
+        body["cpus"] = cpus
     if array is not None:
         body["array"] = array
     if commands is not None:

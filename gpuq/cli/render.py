@@ -207,7 +207,8 @@ def notices(status: dict[str, Any]) -> str:
     over-use), or "" when there is nothing to say."""
     lines = [f"Warning: {safe(w)}." for n in status.get("nodes") or [] for w in n.get("warnings") or []]
     lines += [f"Note: on {safe(n.get('node', '?'))} {safe(n['containment'])}." for n in status.get("nodes") or []
-              if str(n.get("containment", "")).startswith("cgroups unavailable")]
+              if str(n.get("containment", "")).startswith("cgroups unavailable")
+              or "not enforced here" in str(n.get("containment", ""))]
     aside = status.get("set_aside") or []
     if aside:
         ids = ", ".join(safe(r.get("id", "?")) for r in aside[:10]) + (" …" if len(aside) > 10 else "")

@@ -19,6 +19,7 @@ from gpuq.errors import GpuqError, StoreUnavailable
 from gpuq.gpus import NodeSnapshot
 from gpuq.jobs.model import Job, JobState, Placement, StopKind, StopRequest
 from gpuq.scheduler.dependencies import dependency_ids, dependency_never
+from gpuq.scheduler.ordering import PendingIndex
 from gpuq.scheduler.policy import Plan, plan
 from gpuq.store import Store
 from gpuq.workers.notify import notify_job_end
@@ -83,6 +84,7 @@ class SchedulerLoop:
         self._published_reasons: dict[int, str] | None = None
         self._published_config = False
         self.rng = random.Random()
+        self._index: PendingIndex | None = None  # the pending jobs of the last cycle, indexed
 
     def load(self, now: float) -> World:
         jobs = self.store.active_jobs()
@@ -112,7 +114,12 @@ class SchedulerLoop:
             ))
 
     def decide(self, world: World, now: float) -> Plan:
-        return plan(world.pending, world.running, world.nodes, world.usage, self.cfg.policy, now,
+        """plan() on the pending jobs, through an index kept from cycle to cycle: only the jobs
+        that are new or changed since the last cycle are (re)indexed."""
+        if self._index is None or not self._index.matches(self.cfg.policy):
+            self._index = PendingIndex(self.cfg.policy)
+        self._index.sync(world.pending)
+        return plan(self._index, world.running, world.nodes, world.usage, self.cfg.policy, now,
                     finished=world.finished)
 
     def release_unclaimed(self, world: World, now: float) -> None:

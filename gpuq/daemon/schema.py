@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 from gpuq.errors import InvalidInput
-from gpuq.jobs.model import MIN_GPU_MEM_MIB
-from gpuq.units import parse_duration_s, parse_fraction, parse_size_mib
+from gpuq.jobs.model import MAX_CPUS, MIN_CPUS, MIN_GPU_MEM_MIB, MIN_HOST_MEM_MIB
+from gpuq.units import parse_cpus, parse_duration_s, parse_fraction, parse_size_mib
 
 #: A request body larger than this is refused before it is parsed.
 MAX_BODY_BYTES = 1024 * 1024
@@ -161,12 +161,15 @@ class SubmitRequest:
     array: str | None = None  # "0-99%8" (gpuq/daemon/arrays.py parses it)
     commands: tuple[tuple[str, ...], ...] | None = None  # --from FILE: one argv per element
     notify: str = ""  # --notify CMD
+    host_mem_mib: int | None = None  # --mem: the job's cgroup memory limit
+    cpus: float | None = None  # --cpus: the job's cgroup CPU quota
     #: what the daemon changed about the request and tells the user (e.g. a rounded-up memory size)
     notes: tuple[str, ...] = ()
 
 
-SUBMIT_FIELDS = ("argv", "cwd", "env", "gpus", "nodes", "gpu_mem", "fraction", "exclusive", "name", "priority", "after",
-                 "time_limit", "checkpointable", "after_any", "after_notok", "array", "commands", "notify")
+SUBMIT_FIELDS = ("argv", "cwd", "env", "gpus", "nodes", "gpu_mem", "fraction", "exclusive", "name", "priority",
+                 "after", "time_limit", "checkpointable", "after_any", "after_notok", "array", "commands", "notify",
+                 "mem", "cpus")
 MAX_ARRAY_JOBS = 10_000
 MAX_NOTIFY_BYTES = 4096
 
@@ -255,6 +258,16 @@ def parse_submit(body: Any, max_job_bytes: int = DEFAULT_MAX_JOB_BYTES) -> Submi
         if mem_mib < MIN_GPU_MEM_MIB:
             notes.append(f"--gpu-mem {text} was rounded up to the smallest reservation, {MIN_GPU_MEM_MIB} MiB.")
             mem_mib = MIN_GPU_MEM_MIB
+    host_mem_mib = None
+    if _optional(body, "mem") is not None:
+        text = _option_text(body["mem"], "--mem", "16GiB")
+        host_mem_mib = parse_size_mib(text, what="--mem")
+        if host_mem_mib < MIN_HOST_MEM_MIB:
+            raise InvalidInput(f"--mem {_clip(text)} is too little to run any program: give at least "
+                               f"{MIN_HOST_MEM_MIB}MiB, like 4GiB.")
+    cpus = None
+    if _optional(body, "cpus") is not None:
+        cpus = parse_cpus(_option_text(body["cpus"], "--cpus", "4 or 0.5"), MIN_CPUS, MAX_CPUS)
     fraction = None
     if _optional(body, "fraction") is not None:
         fraction = parse_fraction(_option_text(body["fraction"], "--fraction", "0.25"))
@@ -279,6 +292,7 @@ def parse_submit(body: Any, max_job_bytes: int = DEFAULT_MAX_JOB_BYTES) -> Submi
                                                                           *PRIORITY_RANGE),
         after=after, time_limit_s=time_limit_s, after_any=_refs(body, "after_any", "--after-any"),
         after_notok=_refs(body, "after_notok", "--after-notok"), array=array, commands=commands, notify=notify.strip(),
+        host_mem_mib=host_mem_mib, cpus=cpus,
         checkpointable=False if body.get("checkpointable") is None else check_bool(body["checkpointable"],
                                                                                    "--checkpointable"),
         notes=tuple(notes),

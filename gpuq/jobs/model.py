@@ -25,6 +25,13 @@ REQUEUE_EXIT_CODE = 75
 #: rounded up to it, so no job ever reserves 0 MiB.
 MIN_GPU_MEM_MIB = 256
 
+#: Host memory and CPU limits a job may ask for (``--mem``, ``--cpus``): limits its cgroup
+#: enforces, not reservations the scheduler counts.  Below these nothing useful can run (16 MiB),
+#: and the kernel's CPU quota has a floor of 1 ms per 100 ms period (0.01 of a CPU).
+MIN_HOST_MEM_MIB = 16
+MIN_CPUS = 0.01
+MAX_CPUS = 4096
+
 
 class JobState(str, Enum):
     PENDING = "pending"
@@ -73,12 +80,15 @@ class StopKind(str, Enum):
 @dataclass(frozen=True)
 class Resources:
     """What a job asks for.  ``mem_mib`` and ``fraction`` are per GPU and exclusive of each other;
-    with neither, the job takes whole GPUs."""
+    with neither, the job takes whole GPUs.  ``host_mem_mib`` and ``cpus`` (``--mem``, ``--cpus``)
+    are limits of the job's cgroup, not counted by the scheduler."""
 
     gpus: int = 1  # in all: with ``nodes`` > 1, ``gpus_per_node`` on each of ``nodes`` nodes
     mem_mib: int | None = None
     fraction: float | None = None
     exclusive: bool = False
+    host_mem_mib: int | None = None
+    cpus: float | None = None
     nodes: int = 1  # > 1: a job across nodes (a gang), the same number of whole GPUs on each
 
     def __post_init__(self) -> None:
@@ -99,6 +109,12 @@ class Resources:
             raise InvalidInput("--fraction must be above 0 and at most 1, like 0.25.")
         if self.gpus == 0 and (self.mem_mib is not None or self.fraction is not None or self.exclusive):
             raise InvalidInput("--gpu-mem, --fraction and --exclusive need --gpus of 1 or more.")
+        if self.host_mem_mib is not None and self.host_mem_mib < MIN_HOST_MEM_MIB:
+            raise InvalidInput(f"--mem {self.host_mem_mib} MiB is too little to run any program: give at least "
+                               f"{MIN_HOST_MEM_MIB}MiB, like 4GiB.")
+        if self.cpus is not None and not (MIN_CPUS <= self.cpus <= MAX_CPUS):
+            raise InvalidInput(f"--cpus {self.cpus:g} is out of range: give a number of CPUs from {MIN_CPUS:g} "
+                               f"to {MAX_CPUS}, like 4 or 0.5.")
 
     @property
     def gpus_per_node(self) -> int:
@@ -343,7 +359,8 @@ def job_to_dict(job: Job, with_env: bool = True) -> dict[str, Any]:
             "array": None if spec.array is None else _drop_none(dataclasses.asdict(spec.array)),
             "notify": spec.notify or None,
             "resources": _drop_none({"gpus": r.gpus, "mem_mib": r.mem_mib, "fraction": r.fraction,
-                                     "exclusive": r.exclusive, "nodes": r.nodes if r.nodes > 1 else None}),
+                                     "exclusive": r.exclusive, "host_mem_mib": r.host_mem_mib, "cpus": r.cpus,
+                                     "nodes": r.nodes if r.nodes > 1 else None}),
         }),
         "requeues": job.requeues,
         "attained_gpu_s": job.attained_gpu_s,
@@ -475,7 +492,9 @@ def _job_from_dict(d: Mapping[str, Any]) -> Job:
             notify=_str(s.get("notify", ""), "spec.notify"),
             resources=Resources(gpus=_int(r.get("gpus", 1), "gpus"), mem_mib=_opt_int(r.get("mem_mib"), "mem_mib"),
                                 fraction=_opt_num(r.get("fraction"), "fraction"),
-                                exclusive=bool(r.get("exclusive", False)), nodes=_int(r.get("nodes", 1), "nodes")),
+                                exclusive=bool(r.get("exclusive", False)),
+                                host_mem_mib=_opt_int(r.get("host_mem_mib"), "host_mem_mib"),
+                                cpus=_opt_num(r.get("cpus"), "cpus"), nodes=_int(r.get("nodes", 1), "nodes")),
         ),
         placement=None if p is None else Placement(
             node=_str(_obj(p, "placement")["node"], "placement.node"),

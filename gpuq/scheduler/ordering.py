@@ -50,9 +50,13 @@ def static_key_fn(config: PolicyConfig) -> Callable[[Job], tuple]:
         return lambda j: (-j.spec.priority, _time_left_waiting(j), j.submitted_at, j.id)
     if config.orders_by_service:  # las, default
         th = config.las_thresholds_gpu_s
-        return lambda j: (-j.spec.priority, las_level(j.attained_gpu_s, th), j.submitted_at, j.id)
+        level = bisect.bisect_right  # las_level, inlined: called once per waiting job
+        return lambda j: (-j.spec.priority, level(th, j.attained_gpu_s), j.submitted_at, j.id)
     return lambda j: (-j.spec.priority, j.submitted_at, j.id)
 
+
+#: PendingIndex.sync: more changes than this (plus an eighth of the jobs) reload the index in bulk
+_BULK_AFTER = 256
 
 #: the second element of a starving job's key: before every other job of its tier
 STARVING = -INF
@@ -153,6 +157,35 @@ class PendingIndex:
             lst.append((j.submitted_at + j.total_run_s, jid))
         self._unsorted = True  # sorted when first needed: a complete ordering sorts all keys anyway
         self.shape_counts = dict(Counter(shapes.values()))
+
+    def sync(self, jobs: Iterable[Job]) -> None:
+        """Make the index hold exactly ``jobs`` (the daemon's pending and held jobs of this
+        cycle).  A job whose record did not change is the same object (the store decodes an
+        unchanged record once), so it costs one lookup; new and changed jobs are added, gone ones
+        removed.  When many jobs changed, one bulk load is cheaper than many sorted inserts."""
+        current = jobs if isinstance(jobs, list) else list(jobs)
+        known = self.jobs
+        changed: list[Job] = []
+        ids: set[int] = set()
+        for j in current:
+            ids.add(j.id)
+            if known.get(j.id) is not j:
+                changed.append(j)
+        gone = [jid for jid in known if jid not in ids]
+        if len(changed) + len(gone) > _BULK_AFTER + len(known) // 8:
+            self._clear()
+            self._load(current)
+            return
+        for jid in gone:
+            self.remove(jid)
+        for j in changed:
+            self.add(j)
+
+    def _clear(self) -> None:
+        for d in (self.by_size, self.jobs, self.queues, self.groups, self._keys, self.shape_counts, self.shapes,
+                  self.deep):
+            d.clear()
+        self._unsorted = False
 
     def matches(self, config: PolicyConfig) -> bool:
         return self.policy == config.policy and self.las_thresholds == config.las_thresholds_gpu_s

@@ -82,6 +82,7 @@ class _Template:
         self.overuse = [g.overuse_mib for g in self.gpu]
         self.base_idle = [g.mem_used_mib <= idle_mem_mib for g in self.gpu]
         self.base_idle_count = [sum(self.base_idle[i] for i in idxs) for idxs in self.node_slots]
+        self.node_number = {name: k for k, name in enumerate(self.names)}
         self.max_node_gpus = max((len(x) for x in self.node_slots), default=0)
         #: GPUs that something outside gpuq uses (never idle; shared jobs may still fit)
         self.foreign = [i for i, idle in enumerate(self.base_idle) if not idle]
@@ -279,9 +280,12 @@ class Cluster:
         if g == 1 and not res.whole_gpus and only_node is None:
             return self._fit_one_shared(res, end_at, packing)
         best: tuple | None = None
-        for k, idxs in enumerate(t.node_slots):
-            if only_node is not None and t.names[k] != only_node:
-                continue
+        if only_node is None:
+            nodes: Iterable[tuple[int, list[int]]] = enumerate(t.node_slots)
+        else:
+            k = t.node_number.get(only_node)
+            nodes = () if k is None else ((k, t.node_slots[k]),)
+        for k, idxs in nodes:
             if res.whole_gpus:
                 if self.idle_count[k] < g:
                     continue

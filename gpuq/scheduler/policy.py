@@ -182,10 +182,7 @@ class _Cycle:
         """The job waits: its kind of request already failed this cycle."""
         n = self.waiting_ahead
         if self.explain:
-            if known.held_only:
-                self.reasons[job.id] = known.text + _n_ahead(n, self.phrase) + known.tail
-            else:
-                self.reasons[job.id] = known.text + "; " + _n_ahead(n, self.phrase) if n else known.text
+            self.reasons[job.id] = known.before + str(n) + known.after if n > 1 else known.one if n else known.alone
         self.waiting_ahead = n + 1
         if len(self.blocked) < PREEMPT_CANDIDATES:
             self.blocked.append(job)
@@ -278,15 +275,18 @@ class _Cycle:
     def _known(self, job: Job, shape: Shape, may_use_held: bool, why: str) -> "_Known":
         """How to explain the wait of any job of this kind of request, from now on this cycle."""
         if not self.explain:
-            return _Known("", False, "")
+            return _Known("", "", "", "")
         assert self.head is not None
         res = job.spec.resources
         with self.cluster.holds_lifted():
             fit = self.cluster.fit_nodes(res) if res.nodes > 1 else self.cluster.fit(res)
             held_only = fit is not None
-        if held_only:
-            return _Known("priority: ", True, f"; the free GPUs are held for job {self.head.id}" + self._expected())
-        return _Known(why, False, "")
+        one, many = self.phrase
+        if held_only:  # "priority: N jobs ... are ahead; the free GPUs are held for job H"
+            tail = f"; the free GPUs are held for job {self.head.id}" + self._expected()
+            return _Known(f"priority: 0 {many} are ahead{tail}", f"priority: 1 {one} is ahead{tail}",
+                          "priority: ", f" {many} are ahead{tail}")
+        return _Known(why, f"{why}; 1 {one} is ahead", f"{why}; ", f" {many} are ahead")
 
     def _start_cpu_only(self, job: Job) -> bool:
         """Start a CPU-only job in a free CPU slot (a node resource, like a GPU); or say why it
@@ -340,13 +340,13 @@ class _Cycle:
 
 
 class _Known(NamedTuple):
-    """How to explain the wait of a kind of request that failed this cycle: ``text`` is the
-    reason; when ``held_only`` (it would fit but for the GPUs held for the head job) the reason
-    is ``text`` + the jobs ahead + ``tail``."""
+    """How to explain the wait of a kind of request that failed this cycle, by the number n of
+    jobs ahead: ``alone`` (n = 0), ``one`` (n = 1), else ``before`` + n + ``after``."""
 
-    text: str
-    held_only: bool
-    tail: str
+    alone: str
+    one: str
+    before: str
+    after: str
 
 
 class _UserLimits:

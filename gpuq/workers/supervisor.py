@@ -252,7 +252,9 @@ class Supervisor:
     def _limits(self, job: Job) -> JobLimits:
         mine = set(self._mine(job).gpu_uuids) if job.placement else set()
         deny = tuple(sorted(m for u, m in self.ctx.gpu_minors if u not in mine))
-        return JobLimits(deny_gpu_minors=deny)
+        own = tuple(sorted(m for u, m in self.ctx.gpu_minors if u in mine))
+        r = job.spec.resources
+        return JobLimits(mem_mib=r.host_mem_mib, cpus=r.cpus, deny_gpu_minors=deny, own_gpu_minors=own)
 
     def _mine(self, job: Job) -> Placement:
         """This node's part of the placement (the whole placement for a one-node job)."""
@@ -280,8 +282,10 @@ class Supervisor:
             raise StartFailed(f"this daemon runs as uid {os.geteuid()} and cannot run a job as uid {job.owner.uid}")
         for note in self.c.create(job.id, self._limits(job)):
             log.note(note)
+        r = job.spec.resources
+        limits = (f", --mem {r.host_mem_mib} MiB" if r.host_mem_mib else "") + (f", --cpus {r.cpus:g}" if r.cpus else "")
         log.note(f"job {job.id} run {job.requeues + 1} {self._part_label(job)}starting on {p.node}, GPUs {gpus}, "
-                 f"CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']}, contained by {self.c.name}")
+                 f"CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']}, contained by {self.c.name}{limits}")
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         try:
@@ -432,7 +436,11 @@ class Supervisor:
             self._pump(out_r, log)
         os.close(out_r)
         run_s = self.clock() - started
-        return retry_store(lambda: self._finish(job, rc, stop_kind, timed_out, run_s, stop_by))  # type: ignore[return-value]
+        oom = self.c.oom_kills(job.id)  # read before the cgroup is removed
+        if oom:
+            log.note(f"the kernel's OOM killer killed {oom} process(es) of the job: it used more than its "
+                     f"--mem of {job.spec.resources.host_mem_mib} MiB")
+        return retry_store(lambda: self._finish(job, rc, stop_kind, timed_out, run_s, stop_by, oom))  # type: ignore[return-value]
 
     def _pump(self, fd: int, log: CappedLog) -> bool:
         """Copy what the job wrote to its log; False at end of output."""
@@ -484,7 +492,7 @@ class Supervisor:
     # ---- the end ------------------------------------------------------------------------------
 
     def _finish(self, job: Job, rc: int | None, stop_kind: StopKind | None, timed_out: bool, run_s: float,
-                stop_by: str = "") -> str:
+                stop_by: str = "", oom_kills: int = 0) -> str:
         now = self.clock()
         gpu_share = accounting.gpu_share(job)  # one accounting: gpuq/accounting.py
         signal_note = f" (killed by signal {-rc})" if rc is not None and rc < 0 else ""
@@ -497,6 +505,10 @@ class Supervisor:
             to, reason = JobState.PENDING, f"requeued ({stop_kind.value})"
         elif timed_out:
             to, reason = JobState.TIMEOUT, f"time limit of {job.spec.time_limit_s:g} s reached"
+        elif oom_kills:  # the cgroup's own count: a job over its --mem, whatever exit status followed
+            to, reason = JobState.FAILED, (f"out of memory: the kernel killed {oom_kills} of its processes for "
+                                           f"going over --mem {job.spec.resources.host_mem_mib} MiB "
+                                           f"(exited {rc}{signal_note}); ask for more --mem")
         elif rc == REQUEUE_EXIT_CODE:
             to, reason = JobState.PENDING, f"requeued (exited {REQUEUE_EXIT_CODE}: checkpointed)"
         else:
