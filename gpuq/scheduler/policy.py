@@ -26,7 +26,7 @@ from gpuq.scheduler.config import PolicyConfig, UserLimits
 from gpuq.scheduler.dependencies import ArrayThrottle, dependency_reason
 from gpuq.scheduler.fairshare import ShareState, ongoing_usage, share_states, usage_values
 from gpuq.scheduler.ordering import PendingIndex
-from gpuq.scheduler.placement import Cluster, Shape, make_placement, never_fits
+from gpuq.scheduler.placement import Cluster, Shape, make_gang_placement, make_placement, never_fits
 from gpuq.scheduler.preemption import plan_preemptions
 from gpuq.units import format_duration
 
@@ -249,12 +249,18 @@ class _Cycle:
         if why is None:
             cluster = self.cluster
             end_at = accounting.expected_end(job, self.now)
-            if res.gpus > cluster.max_node_gpus:
-                choice = cluster.fit_gang(res, end_at)
+            placement = None
+            if res.nodes > 1:  # a job across nodes: the same GPU count on each of its nodes
+                parts = cluster.fit_nodes(res, end_at)
+                placement = None if parts is None else make_gang_placement(cluster, res, parts)
             else:
-                choice = cluster.fit(res, end_at, self.config.packing)
-            if choice is not None:
-                placement = make_placement(cluster, res, choice[0], choice[1])
+                if res.gpus > cluster.max_node_gpus:
+                    choice = cluster.fit_gang(res, end_at)  # (simulator traces, config.gang)
+                else:
+                    choice = cluster.fit(res, end_at, self.config.packing)
+                if choice is not None:
+                    placement = make_placement(cluster, res, choice[0], choice[1])
+            if placement is not None:
                 cluster.reserve(placement, end_at)
                 self.starts.append(Start(job.id, placement))
                 self.limits.started(job)
@@ -277,8 +283,10 @@ class _Cycle:
         if not self.explain:
             return _Known("", "", "", "")
         assert self.head is not None
+        res = job.spec.resources
         with self.cluster.holds_lifted():
-            held_only = self.cluster.fit(job.spec.resources) is not None
+            fit = self.cluster.fit_nodes(res) if res.nodes > 1 else self.cluster.fit(res)
+            held_only = fit is not None
         one, many = self.phrase
         if held_only:  # "priority: N jobs ... are ahead; the free GPUs are held for job H"
             tail = f"; the free GPUs are held for job {self.head.id}" + self._expected()
@@ -424,7 +432,7 @@ class _Failures:
 
     def add(self, shape: Shape, held: bool, why: str) -> None:
         self.exact[(shape, held)] = why
-        if shape.whole:
+        if shape.whole and shape.nodes == 1:  # (a job across nodes fails or fits by its own rule)
             k = (shape.gpus > self.max_node, held)
             if k not in self.whole or shape.gpus < self.whole[k][0]:
                 self.whole[k] = (shape.gpus, why)
@@ -436,7 +444,7 @@ class _Failures:
         why = exact.get((shape, True))
         if why is None and not held:
             why = exact.get((shape, False))
-        if why is not None or not shape.whole:
+        if why is not None or not shape.whole or shape.nodes > 1:
             return why
         gang = shape.gpus > self.max_node
         for h in ((True,) if held else (True, False)):

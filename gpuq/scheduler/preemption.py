@@ -127,8 +127,8 @@ class _Preemption:
 
     def _make_room(self, waiting: Job, pool: Sequence[Job]) -> None:
         cluster, res = self.cluster, waiting.spec.resources
-        if res.gpus == 0:
-            return
+        if res.gpus == 0 or res.nodes > 1:
+            return  # (no preemption on behalf of a job across nodes: docs/scheduling.md)
         gang = res.gpus > cluster.max_node_gpus
         if gang and not self.config.gang:
             return
