@@ -81,7 +81,9 @@ def submit(
     command: List[str] = typer.Argument(None, metavar="SCRIPT_OR_COMMAND [ARGS]...", show_default=False,
                                         help="train.py runs with the first python3 on your PATH; run.sh in this "
                                              "directory runs as ./run.sh; anything else runs as given."),
-    gpus: int = typer.Option(1, "--gpus", "-g", help="GPUs on one node (0 = CPU only)."),
+    gpus: int = typer.Option(1, "--gpus", "-g", help="GPUs on one node (0 = CPU only); with --nodes, on each node."),
+    nodes: int = typer.Option(1, "--nodes", "-N", help="run across this many nodes, --gpus whole GPUs on each "
+                              "(one process per node, with TF_CONFIG and MASTER_ADDR/RANK/WORLD_SIZE set)."),
     gpu_mem: Optional[str] = typer.Option(None, "--gpu-mem", "-m", help="memory per GPU, with a unit: 10GiB, 512MiB."),
     fraction: Optional[str] = typer.Option(None, "--fraction", help="share of each GPU, like 0.25 (instead of --gpu-mem)."),
     exclusive: bool = typer.Option(False, "--exclusive", help="no other job on its GPUs."),
@@ -131,7 +133,7 @@ def submit(
         if size:
             parse_size_mib(size, what=what)  # a mistake is reported before anything is sent
     body = {
-        "argv": command or commands[0], "cwd": os.getcwd(), "env": dict(os.environ), "gpus": gpus,
+        "argv": command or commands[0], "cwd": os.getcwd(), "env": dict(os.environ), "gpus": gpus, "nodes": nodes,
         "gpu_mem": gpu_mem, "fraction": fraction, "exclusive": exclusive, "name": name, "priority": priority,
         "after": submit_parts.id_list(after), "after_any": submit_parts.id_list(after_any),
         "after_notok": submit_parts.id_list(after_notok), "time_limit": time_limit,
@@ -311,6 +313,8 @@ def daemon(
                                           help="config file (default /etc/gpuq/config.toml for the system daemon, "
                                                "else $GPUQ_HOME/config.toml)."),
     node: Optional[str] = typer.Option(None, "--node", help="this node's name (default: host name)."),
+    address: Optional[str] = typer.Option(None, "--address", help="where the parts of a job across nodes reach "
+                                          "this node (default: host name)."),
     grace: Optional[str] = typer.Option(None, "--grace", help="SIGTERM -> SIGKILL grace for stopping jobs (30s)."),
     drain: bool = typer.Option(False, "--drain", help="on SIGTERM stop this node's jobs (back to the queue) "
                                "instead of leaving them running for the next daemon to adopt."),
@@ -330,7 +334,7 @@ def daemon(
                            "`sudo bash scripts/install.sh`); to run a queue of your own, give --personal.")
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    overrides: dict[str, Any] = {"simulate_gpus": simulate_gpus, "redis_url": redis_url, "node": node,
+    overrides: dict[str, Any] = {"simulate_gpus": simulate_gpus, "redis_url": redis_url, "node": node, "address": address,
                                  "drain": True if drain else None}
     if grace is not None:
         overrides["grace_s"] = 0.0 if grace.strip() in ("0", "0s") else parse_duration_s(grace, what="--grace")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Sequence
 
-from gpuq.cli.render import job_note, safe, table
+from gpuq.cli.render import job_note, parts_text, safe, table
 from gpuq.units import format_duration, format_mib
 
 STATES = ("pending", "held", "running", "completed", "failed", "cancelled", "timeout")
@@ -56,6 +56,8 @@ def where(job: dict[str, Any], multi_node: bool) -> str:
     p = job.get("placement")
     if job["state"] != "running" or not p:
         return "-"
+    if p.get("parts"):
+        return parts_text(p)
     gpus = ",".join(str(i) for i in p.get("gpu_indices", [])) or "cpu"
     return f"{p['node']}:{gpus}" if multi_node else gpus
 

@@ -54,6 +54,17 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
+def parts_text(p: dict[str, Any]) -> str:
+    """A job across nodes on one line, each node with its GPUs, rank 0 first: ``a:0,1+b:0,1``."""
+    indices = [str(i) for i in p.get("gpu_indices", [])]
+    out, at = [], 0
+    for part in p.get("parts") or []:
+        n = int(part.get("gpus", 0))
+        out.append(f"{part.get('node', '?')}:{','.join(indices[at:at + n])}")
+        at += n
+    return "+".join(out)
+
+
 def bar(frac: float, width: int = 10) -> str:
     frac = min(max(frac, 0.0), 1.0)
     full = int(round(frac * width))
@@ -161,7 +172,12 @@ def job_detail(j: dict[str, Any]) -> str:
         lines.append(f"  time limit:  {format_duration(spec['time_limit_s'])}")
     lines.append(f"  submitted:   {_ts(j.get('submitted_at'))}")
     p = j.get("placement")
-    if p:
+    if p and p.get("parts"):
+        lines.append(safe(f"  placement:   {len(p['parts'])} nodes, one process each (rank 0 first): "
+                          f"{parts_text(p)}; port {p.get('port')}"))
+        lines.append(f"  started:     {_ts(j.get('started_at'))}" + (f", rank 0 pid {j['pid']}" if j.get("pid") else "")
+                     + (f"; parts claimed: {', '.join(j.get('gang_ready', []))}" if not j.get("started_at") else ""))
+    elif p:
         lines.append(safe(f"  placement:   node {p['node']}, GPUs {','.join(str(i) for i in p['gpu_indices']) or '-'}"
                           f" ({', '.join(p['gpu_uuids']) or 'CPU only'})"))
         lines.append(f"  started:     {_ts(j.get('started_at'))}" + (f", pid {j['pid']}" if j.get("pid") else ""))

@@ -29,6 +29,7 @@ MAX_OPTION_CHARS = 64  # sizes, durations, fractions as text
 MAX_IDS = 1000
 MAX_JOB_ID = 2**53  # ids are INCR counters; anything larger is not one
 MAX_GPUS = 1024
+MAX_NODES = 64  # nodes one job may span
 PRIORITY_RANGE = (-1000, 1000)
 MAX_LOG_OFFSET = 2**62
 
@@ -145,7 +146,8 @@ class SubmitRequest:
     argv: tuple[str, ...]
     cwd: str
     env: Mapping[str, str] = field(default_factory=dict)
-    gpus: int = 1
+    gpus: int = 1  # per node
+    nodes: int = 1  # > 1: a job across nodes, ``gpus`` whole GPUs on each
     gpu_mem_mib: int | None = None
     fraction: float | None = None
     exclusive: bool = False
@@ -165,8 +167,8 @@ class SubmitRequest:
     notes: tuple[str, ...] = ()
 
 
-SUBMIT_FIELDS = ("argv", "cwd", "env", "gpus", "gpu_mem", "fraction", "exclusive", "name", "priority", "after",
-                 "time_limit", "checkpointable", "after_any", "after_notok", "array", "commands", "notify",
+SUBMIT_FIELDS = ("argv", "cwd", "env", "gpus", "nodes", "gpu_mem", "fraction", "exclusive", "name", "priority",
+                 "after", "time_limit", "checkpointable", "after_any", "after_notok", "array", "commands", "notify",
                  "mem", "cpus")
 MAX_ARRAY_JOBS = 10_000
 MAX_NOTIFY_BYTES = 4096
@@ -239,6 +241,16 @@ def parse_submit(body: Any, max_job_bytes: int = DEFAULT_MAX_JOB_BYTES) -> Submi
     gpus = 1 if _optional(body, "gpus") is None else check_int(body["gpus"], "--gpus", -MAX_GPUS, MAX_GPUS)
     if gpus < 0:
         raise InvalidInput(f"--gpus {gpus} is negative: give 0 for a CPU-only job or a positive count.")
+    nodes = 1 if _optional(body, "nodes") is None else check_int(body["nodes"], "--nodes", -MAX_NODES, MAX_NODES)
+    if nodes < 1:
+        raise InvalidInput(f"--nodes {nodes} is less than 1: give the number of nodes the job runs on, like 2.")
+    if nodes > 1 and gpus == 0:
+        raise InvalidInput("--nodes needs --gpus of 1 or more: the GPUs the job takes on each node.")
+    if nodes > 1 and (_optional(body, "gpu_mem") is not None or _optional(body, "fraction") is not None):
+        raise InvalidInput("--nodes takes whole GPUs on each node: leave out --gpu-mem and --fraction.")
+    if gpus * nodes > MAX_GPUS:
+        raise InvalidInput(f"--nodes {nodes} with --gpus {gpus} asks for {gpus * nodes} GPUs, more than the "
+                           f"{MAX_GPUS} a job may have: ask for fewer.")
     mem_mib = None
     if _optional(body, "gpu_mem") is not None:
         text = _option_text(body["gpu_mem"], "--gpu-mem", "10GiB")
@@ -273,7 +285,7 @@ def parse_submit(body: Any, max_job_bytes: int = DEFAULT_MAX_JOB_BYTES) -> Submi
     if len(name) > MAX_NAME_CHARS:
         raise InvalidInput(f"--name is longer than {MAX_NAME_CHARS} characters: give a shorter name.")
     return SubmitRequest(
-        argv=argv, cwd=cwd, env=env, gpus=gpus, gpu_mem_mib=mem_mib, fraction=fraction,
+        argv=argv, cwd=cwd, env=env, gpus=gpus, nodes=nodes, gpu_mem_mib=mem_mib, fraction=fraction,
         exclusive=False if body.get("exclusive") is None else check_bool(body["exclusive"], "--exclusive"),
         name=name,
         priority=0 if _optional(body, "priority") is None else check_int(body["priority"], "--priority",

@@ -113,8 +113,9 @@ class Service:
         if req.priority > 0 and not caller.is_root:
             raise PermissionDenied(f"--priority {req.priority}: only root may raise a job's priority (it orders jobs "
                                    "across users); give 0 or a negative priority to let your other jobs go first.")
-        resources = Resources(gpus=req.gpus, mem_mib=req.gpu_mem_mib, fraction=req.fraction, exclusive=req.exclusive,
-                              host_mem_mib=req.host_mem_mib, cpus=req.cpus)
+        resources = Resources(gpus=req.gpus * req.nodes, mem_mib=req.gpu_mem_mib, fraction=req.fraction,
+                              exclusive=req.exclusive, host_mem_mib=req.host_mem_mib, cpus=req.cpus,
+                              nodes=req.nodes)  # gpus: in all, over every node
         self._check_free_space()
         per_element = req.commands is not None or (req.array is not None and PLACEHOLDER in req.argv[0])
         argv = req.argv if per_element else resolve_as(caller.uid, caller.gid, caller.groups, req.argv, req.cwd,

@@ -65,9 +65,12 @@ def supervisor_alive(home: Path, job: Job) -> bool:
     return rec is not None and rec.token == job.started_at and runrecord.is_alive(rec)
 
 
-def kill_run(containment: Containment, job: Job) -> None:
-    """Kill everything of ``job``'s run: its cgroup, and its session if the pid is still the job's."""
-    if job.pid and is_job_process(job):
+def kill_run(containment: Containment, job: Job, node: str = "") -> None:
+    """Kill everything of ``job``'s run on this node: its cgroup, and its session if the pid is
+    still the job's (a job across nodes records rank 0's pid: only rank 0's node kills it)."""
+    p = job.placement
+    rank0_here = p is None or not p.is_gang or p.rank_of(node) == 0
+    if job.pid and rank0_here and is_job_process(job):
         try:
             os.killpg(job.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
@@ -100,13 +103,16 @@ def end_run(store: Store, job: Job, why: str, now: float) -> Job | None:
 
 
 def check_supervisors(store: Store, home: Path, containment: Containment, jobs: Iterable[Job], now: float,
-                      adopting: bool = False) -> list[int]:
-    """Each started job running here: adopt it if its supervisor lives, else stop and end it.
-    Returns the ids of jobs that were ended."""
+                      adopting: bool = False, node: str = "") -> list[int]:
+    """Each started job running here: adopt it if its supervisor lives, else stop and end it (a
+    job across nodes entirely: its other parts stop when they see it ended).  Returns the ids of
+    jobs that were ended."""
     ended = []
     for job in jobs:
         if job.state is not JobState.RUNNING or job.started_at is None:
             continue
+        if node and node in job.gang_done:
+            continue  # this node's part of a job across nodes exited 0; the others still run
         if supervisor_alive(home, job):
             if adopting:
                 rec = runrecord.read(home, job.id)
@@ -116,9 +122,10 @@ def check_supervisors(store: Store, home: Path, containment: Containment, jobs: 
         if runrecord.read(home, job.id) is None and now - job.started_at < LAUNCH_GRACE_S:
             continue  # claimed a moment ago: its supervisor is being forked
         rec = runrecord.read(home, job.id)
-        why = (f"its supervisor (pid {rec.pid}) died; the job's processes were stopped" if rec is not None
-               else "its supervisor never started or vanished; the job's processes were stopped")
-        kill_run(containment, job)
+        part = f"part {job.placement.rank_of(node)} on {node}: " if job.placement and job.placement.is_gang else ""
+        why = part + (f"its supervisor (pid {rec.pid}) died; the job's processes were stopped" if rec is not None
+                      else "its supervisor never started or vanished; the job's processes were stopped")
+        kill_run(containment, job, node)
         if end_run(store, job, why, now) is not None:
             log.warning("job %s: %s", job.id, why)
             ended.append(job.id)
@@ -167,15 +174,18 @@ class LostNodes:
     def check(self, store: Store, now: float) -> list[int]:
         live = {n.node for n in store.nodes()}
         running = [j for j in store.active_jobs() if j.state is JobState.RUNNING and j.placement is not None]
-        nodes = {j.placement.node for j in running if j.placement is not None}
+        nodes = {n for j in running if j.placement is not None for n in j.placement.nodes}
         for n in list(self.silent_since):
             if n in live or n not in nodes:
                 del self.silent_since[n]
         ended = []
         for j in running:
-            node = j.placement.node if j.placement else ""
-            if node in live or j.started_at is None:
+            if j.started_at is None or j.placement is None:
                 continue  # unclaimed placements on a lost node go back at once (scheduler loop)
+            lost = [n for n in j.placement.nodes if n not in live]
+            if not lost:
+                continue  # (a job across nodes ends when any of its nodes is lost)
+            node = lost[0]
             since = self.silent_since.setdefault(node, now)
             if now - since < self.node_lost_s:
                 continue

@@ -33,19 +33,22 @@ from typing import Callable
 
 from gpuq import accounting, keys
 from gpuq.errors import GpuqError, JobNotFound, RecordSetAside, StoreUnavailable
-from gpuq.jobs.model import REQUEUE_EXIT_CODE, Job, JobState, Progress, StopKind
+from gpuq.jobs.model import REQUEUE_EXIT_CODE, Job, JobState, Placement, Progress, StopKind
 from gpuq.safefile import read_small
 from gpuq.store import Store
 from gpuq.workers import runrecord
 from gpuq.workers.cgroup import JobLimits
 from gpuq.workers.env import build_job_env
 from gpuq.workers.joblog import CappedLog
-from gpuq.workers.launcher import WorkerContext, same_run
+from gpuq.workers.launcher import WorkerContext, same_placement, same_run
 from gpuq.workers.notify import notify_job_end
 
 STOP_POLL_S = 0.25
 PROGRESS_POLL_S = 2.0
 STORE_RETRY_MAX_S = 5.0
+#: a part of a job across nodes waits at most this long for the others (the leader gives the
+#: placement up after ``gang_start_timeout`` anyway; this bounds a supervisor cut off from Redis)
+GANG_WAIT_MAX_S = 3600.0
 _PR_SET_NAME = 15
 _PR_SET_CHILD_SUBREAPER = 36
 _PROGRESS_FIELDS = (("step", int), ("total", int), ("epoch", int), ("loss", float), ("eta_s", float),
@@ -92,12 +95,23 @@ def supervisor_main(ctx: WorkerContext, job: Job, ready_fd: int) -> int:
     _prctl(_PR_SET_NAME, f"gpuq-sup-{job.id}".encode()[:15])
     _prctl(_PR_SET_CHILD_SUBREAPER, 1)  # orphans of the job come to us, to be reaped
     me = os.getpid()
-    assert job.started_at is not None
-    runrecord.write(ctx.paths.home, runrecord.RunRecord(job.id, job.started_at, me,
-                                                        runrecord.proc_start_ticks(me) or 0))
-    os.write(ready_fd, f"{me}\n".encode())
-    os.close(ready_fd)
-    store = Store.from_url(ctx.redis_url)
+    if job.started_at is None:  # a part of a job across nodes: ready now, then wait for every part
+        os.write(ready_fd, f"{me}\n".encode())
+        os.close(ready_fd)
+        store = Store.from_url(ctx.redis_url)
+        started = wait_for_every_part(store, ctx, job)
+        if started is None:
+            return 0  # the placement was given up (timeout, cancel, node lost): nothing was started
+        job = started
+        assert job.started_at is not None
+        runrecord.write(ctx.paths.home, runrecord.RunRecord(job.id, job.started_at, me,
+                                                            runrecord.proc_start_ticks(me) or 0))
+    else:
+        runrecord.write(ctx.paths.home, runrecord.RunRecord(job.id, job.started_at, me,
+                                                            runrecord.proc_start_ticks(me) or 0))
+        os.write(ready_fd, f"{me}\n".encode())
+        os.close(ready_fd)
+        store = Store.from_url(ctx.redis_url)
     try:
         Supervisor(store, ctx).run(job)
     except BaseException as e:  # the supervisor failed: its job must not be left running
@@ -108,6 +122,30 @@ def supervisor_main(ctx: WorkerContext, job: Job, ready_fd: int) -> int:
         ctx.containment.remove(job.id)
         runrecord.remove(ctx.paths.home, job.id, job.started_at)
     return 0
+
+
+def wait_for_every_part(store: Store, ctx: WorkerContext, placed: Job,
+                        clock: Callable[[], float] = time.monotonic) -> Job | None:
+    """The start barrier of a job across nodes, seen from one part: the job once the last part
+    was claimed (its run token set), or None when the placement was given up meanwhile (the
+    leader's ``gang_start_timeout``, a cancel, a lost node) or never resolves within
+    ``GANG_WAIT_MAX_S``.  No process of the job starts before this returns a job."""
+    deadline = clock() + GANG_WAIT_MAX_S
+    while clock() < deadline:
+        try:
+            j = store.get(placed.id)
+        except StoreUnavailable:
+            j = None
+        except (JobNotFound, RecordSetAside):
+            return None
+        if j is not None:
+            if not same_placement(j, placed):
+                return None
+            if j.started_at is not None:
+                return j
+        time.sleep(STOP_POLL_S)
+    _diag(ctx, f"job {placed.id}: gave up waiting for the other parts after {GANG_WAIT_MAX_S:g} s")
+    return None
 
 
 def retry_store(what: Callable[[], object], forever: bool = True, attempts_s: float = 60.0) -> object:
@@ -212,17 +250,30 @@ class Supervisor:
         return log_path, ckpt, progress
 
     def _limits(self, job: Job) -> JobLimits:
-        mine = set(job.placement.gpu_uuids) if job.placement else set()
+        mine = set(self._mine(job).gpu_uuids) if job.placement else set()
         deny = tuple(sorted(m for u, m in self.ctx.gpu_minors if u not in mine))
         own = tuple(sorted(m for u, m in self.ctx.gpu_minors if u in mine))
         r = job.spec.resources
         return JobLimits(mem_mib=r.host_mem_mib, cpus=r.cpus, deny_gpu_minors=deny, own_gpu_minors=own)
 
-    def _start(self, job: Job, log: CappedLog, ckpt: Path, progress: Path) -> tuple[subprocess.Popen, int]:
-        sim_dir = str(self.ctx.paths.simulated_gpu_usage) if self.ctx.simulated else None
-        env = build_job_env(job, str(ckpt), str(progress), sim_dir)
+    def _mine(self, job: Job) -> Placement:
+        """This node's part of the placement (the whole placement for a one-node job)."""
         p = job.placement
         assert p is not None
+        rank = p.rank_of(self.ctx.node) if p.is_gang else None
+        return p if rank is None else p.part(rank)
+
+    def _part_label(self, job: Job) -> str:
+        """``part 1 on node-b `` for a part of a job across nodes, else empty."""
+        p = job.placement
+        if p is None or not p.is_gang:
+            return ""
+        return f"part {p.rank_of(self.ctx.node)} on {self.ctx.node} "
+
+    def _start(self, job: Job, log: CappedLog, ckpt: Path, progress: Path) -> tuple[subprocess.Popen, int]:
+        sim_dir = str(self.ctx.paths.simulated_gpu_usage) if self.ctx.simulated else None
+        env = build_job_env(job, str(ckpt), str(progress), sim_dir, node=self.ctx.node)
+        p = self._mine(job)
         gpus = ",".join(str(i) for i in p.gpu_indices) or "none (CPU only)"
         ids: tuple[int, int, tuple[int, ...]] | None = None
         if os.geteuid() == 0 and job.owner.uid != 0:
@@ -233,7 +284,7 @@ class Supervisor:
             log.note(note)
         r = job.spec.resources
         limits = (f", --mem {r.host_mem_mib} MiB" if r.host_mem_mib else "") + (f", --cpus {r.cpus:g}" if r.cpus else "")
-        log.note(f"job {job.id} run {job.requeues + 1} starting on {p.node}, GPUs {gpus}, "
+        log.note(f"job {job.id} run {job.requeues + 1} {self._part_label(job)}starting on {p.node}, GPUs {gpus}, "
                  f"CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']}, contained by {self.c.name}{limits}")
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
@@ -267,8 +318,10 @@ class Supervisor:
             return
         pid, gpus = self._buffered
         assert job.placement is not None
-        self.store.update(job.id, lambda j: j.with_changes(pid=pid) if same_run(j, job) else None,
-                          self.clock(), event=f"started pid {pid} on {job.placement.node} GPUs {gpus}")
+        # a job across nodes records rank 0's pid (the others' pids are in their events and heartbeats)
+        rank0 = not job.placement.is_gang or job.placement.rank_of(self.ctx.node) == 0
+        self.store.update(job.id, lambda j: (j.with_changes(pid=pid) if rank0 else j) if same_run(j, job) else None,
+                          self.clock(), event=f"{self._part_label(job)}started pid {pid} on {self.ctx.node} GPUs {gpus}")
         self._buffered = None
 
     # ---- the run ------------------------------------------------------------------------------
@@ -348,7 +401,11 @@ class Supervisor:
                             log.note("the job's record is gone or unreadable: stopping it")
                         elif current is not None and not same_run(current, job):
                             stop_kind, stop_by = StopKind.CANCEL, "gpuq (a newer run)"
-                            log.note("this run is no longer the job's current run")
+                            if job.placement is not None and job.placement.is_gang and not current.state.active:
+                                log.note(f"the job ended ({current.state.value}: {current.end_reason}): "
+                                         "stopping this part")
+                            else:
+                                log.note("this run is no longer the job's current run")
                         elif current is not None and current.stop_request is not None:
                             stop_kind, stop_by = current.stop_request.kind, current.stop_request.by
                         elif accounting.out_of_time(job, now):  # the limit counts every run of the job
@@ -456,17 +513,34 @@ class Supervisor:
             to, reason = JobState.PENDING, f"requeued (exited {REQUEUE_EXIT_CODE}: checkpointed)"
         else:
             to, reason = JobState.FAILED, f"exited {rc}{signal_note}"
+        part = self._part_label(job)
+        gang = job.placement is not None and job.placement.is_gang
+        reason = part + reason  # a job across nodes ends as its first part to end says
 
         def change(j: Job) -> Job | None:
             if not same_run(j, job):
-                return None  # reconciled or re-placed meanwhile: never overwrite a newer run
-            common = dict(accounting.end_of_run(j, run_s), end_reason=reason)
+                return None  # reconciled, re-placed or ended by another part meanwhile: never overwrite
+            if gang and to is JobState.COMPLETED:
+                done = j.gang_done + (self.ctx.node,)
+                assert j.placement is not None
+                if len(set(done)) < len(j.placement.parts):
+                    return j.with_changes(gang_done=done)  # the job completes with its last part
+            final = "every part exited 0" if gang and to is JobState.COMPLETED else reason
+            common = dict(accounting.end_of_run(j, run_s), end_reason=final)
             if to is JobState.PENDING:
                 return j.transition(to, requeues=j.requeues + 1, **common)
             return j.transition(to, ended_at=now, exit_code=rc, **common)
 
-        done = self.store.update(job.id, change, now, event=f"{to.value}: {reason}", wake=False,
-                                 also=lambda pipe, _j: pipe.delete(keys.job_heartbeat(job.id)))
+        def event(j: Job) -> str:
+            if j.state is JobState.RUNNING:
+                return f"{reason}; waiting for the other parts to end"
+            return f"{to.value}: {j.end_reason}"
+
+        done = self.store.update(job.id, change, now, event=event, wake=False,
+                                 also=lambda pipe, j: pipe.delete(keys.job_heartbeat(job.id))
+                                 if j.state is not JobState.RUNNING else None)
+        if done is not None and done.state is JobState.RUNNING:
+            return f"{reason}; the other parts still run"
         if done is not None and gpu_share > 0 and run_s > 0:
             self._add_usage(job.owner.user, gpu_share, now - run_s, now)
         self.store.wake("job ended")  # one wake, after usage is recorded

@@ -1,0 +1,223 @@
+"""Jobs across nodes: two real daemons on one private redis-server act as two nodes (each with
+two SIMULATED GPUs, both advertising 127.0.0.1), real CLI, a real test user.  Every part starts
+together or none does; a part that dies ends the whole job; cancel stops every part."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+HERE = Path(__file__).parent
+GANG_START = "4s"  # [daemon] gang_start_timeout of both nodes
+
+
+@pytest.fixture
+def two_nodes(make_daemon, redis_server):
+    """node-a and node-b on one store; returns (a, b)."""
+    out = []
+    for name in ("node-a", "node-b"):
+        d = make_daemon("--simulate-gpus", "2x16GiB", "--grace", "2s", "--node", name, "--address", "127.0.0.1",
+                        "--redis-url", redis_server, start=False)
+        d.home.mkdir(parents=True, exist_ok=True)
+        (d.home / "config.toml").write_text(f'[daemon]\ngang_start_timeout = "{GANG_START}"\n')
+        out.append(d.start())
+    a, b = out
+    deadline = time.monotonic() + 20
+    while {n["node"] for n in a.cli("status", "--json").json()["nodes"]} != {"node-a", "node-b"}:
+        assert time.monotonic() < deadline, "both nodes should report"
+        time.sleep(0.2)
+    return a, b
+
+
+@pytest.fixture
+def work(open_tmp):
+    shutil.copy(HERE / "gangscript.py", open_tmp / "gangscript.py")
+    out = open_tmp / "out"
+    out.mkdir()
+    os.chmod(out, 0o777)
+    return open_tmp, out
+
+
+def _wait(what, timeout: float = 30.0, step: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while True:
+        got = what()
+        if got:
+            return got
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(step)
+
+
+def _ranks(out: Path, n: int = 2) -> list[dict]:
+    _wait(lambda: all((out / f"rank{r}.json").exists() for r in range(n)))
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(n)]
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
+
+
+def _daemon_of(job: dict, rank: int, a, b):
+    node = job["placement"]["parts"][rank]["node"]
+    return a if node == "node-a" else b
+
+
+def _rq_workers(d) -> list[int]:
+    """The RQ worker processes of daemon ``d`` (its children running gpuq.workers.rqworker)."""
+    r = subprocess.run(["pgrep", "-P", str(d.proc.pid), "-f", "gpuq.workers.rqworker"], capture_output=True, text=True)
+    return [int(x) for x in r.stdout.split()]
+
+
+def test_every_part_starts_with_its_gpus_and_the_distributed_environment(two_nodes, work, test_users):
+    a, b = two_nodes
+    cwd, out = work
+    user = test_users[0]
+    job_id = a.submit("--nodes", "2", "--gpus", "2", "gangscript.py", str(out), cwd=cwd, user=user)
+    job = a.wait_state(job_id, "running")
+    ranks = _ranks(out)
+    job = a.job(job_id)
+    parts = job["placement"]["parts"]
+    assert sorted(p["node"] for p in parts) == ["node-a", "node-b"]
+    port = job["placement"]["port"]
+    for r, rec in enumerate(ranks):
+        node = parts[r]["node"]
+        assert rec["CUDA_VISIBLE_DEVICES"] == f"GPU-SIMULATED-{node}-0,GPU-SIMULATED-{node}-1"
+        assert json.loads(rec["TF_CONFIG"]) == {
+            "cluster": {"worker": [f"127.0.0.1:{port + 1}", f"127.0.0.1:{port + 2}"]},
+            "task": {"type": "worker", "index": r}}
+        assert (rec["MASTER_ADDR"], rec["MASTER_PORT"]) == ("127.0.0.1", str(port))
+        assert (rec["WORLD_SIZE"], rec["RANK"], rec["LOCAL_RANK"]) == ("2", str(r), "0")
+        assert rec["uid"] != 0 and rec["GPUQ_JOB_ID"] == str(job_id)
+    # the job is shown once, with both nodes; both nodes' GPUs are taken
+    st = b.cli("status").out
+    line = [ln for ln in st.splitlines() if ln.split()[:1] == [str(job_id)]]
+    assert len(line) == 1 and f"{parts[0]['node']}:0,1+{parts[1]['node']}:0,1" in line[0], st
+    assert "2 nodes" in a.cli("status", str(job_id)).out
+    # rank 1 finishes first: the job completes only with its last part
+    (out / "exit1").write_text("0")
+    os.kill(ranks[1]["pid"], 0)
+    (out / "go").touch()
+    done = a.wait_state(job_id, "completed", timeout=60)
+    assert done["end_reason"] == "every part exited 0"
+    # accounting counts the GPUs of both parts
+    assert done["attained_gpu_s"] == pytest.approx(4 * done["total_run_s"], rel=0.01)
+    # nothing of the job is left on either node
+    assert all(_wait(lambda rec=rec: _gone(rec["pid"])) for rec in ranks)
+
+
+def test_a_part_that_fails_ends_the_whole_job(two_nodes, work, test_users):
+    a, b = two_nodes
+    cwd, out = work
+    job_id = a.submit("--nodes", "2", "--gpus", "1", "gangscript.py", str(out), cwd=cwd, user=test_users[0])
+    ranks = _ranks(out)
+    (out / "exit1").write_text("3")
+    # only rank 1 is let go (rank 0 waits for a gate that never opens): gpuq must stop rank 0
+    (out / "go").touch()
+    job = a.wait_state(job_id, "failed", timeout=60)
+    assert job["end_reason"].startswith("part 1 on node-") and job["end_reason"].endswith("exited 3"), job
+    assert job["exit_code"] == 3
+    _wait(lambda: _gone(ranks[0]["pid"]) and _gone(ranks[1]["pid"]))
+
+
+def test_cancel_stops_every_part(two_nodes, work, test_users):
+    a, b = two_nodes
+    cwd, out = work
+    job_id = b.submit("--nodes", "2", "--gpus", "2", "gangscript.py", str(out), cwd=cwd, user=test_users[0])
+    ranks = _ranks(out)
+    r = a.cli("cancel", str(job_id), user=test_users[0])
+    assert r.rc == 0, r.err
+    job = a.wait_state(job_id, "cancelled", timeout=60)
+    assert f"by {test_users[0]}" in job["end_reason"]
+    _wait(lambda: _gone(ranks[0]["pid"]) and _gone(ranks[1]["pid"]))
+    # another user may not cancel it: checked by the ordinary door; both nodes' GPUs are free again
+    again = a.submit("--nodes", "2", "--gpus", "2", "--", "true", cwd=cwd, user=test_users[1])
+    a.wait_state(again, "completed", timeout=60)
+
+
+def test_kill_9_of_one_parts_supervisor_ends_the_whole_job(two_nodes, work, test_users):
+    a, b = two_nodes
+    cwd, out = work
+    job_id = a.submit("--nodes", "2", "--gpus", "1", "gangscript.py", str(out), cwd=cwd, user=test_users[0])
+    ranks = _ranks(out)
+    job = a.job(job_id)
+    victim = _daemon_of(job, 1, a, b)
+    rec = json.loads((victim.home / "supervisors" / f"{job_id}.json").read_text())
+    os.kill(rec["pid"], signal.SIGKILL)
+    job = a.wait_state(job_id, "failed", timeout=60)
+    victim_node = "node-a" if victim is a else "node-b"
+    assert job["end_reason"].startswith(f"part 1 on {victim_node}: its supervisor (pid {rec['pid']}) died"), job
+    assert job.get("exit_code") is None
+    # rank 1's process (its supervisor gone) and rank 0's (stopped by its own supervisor) are both gone
+    _wait(lambda: _gone(ranks[0]["pid"]) and _gone(ranks[1]["pid"]))
+
+
+def test_no_part_starts_unless_every_part_does(two_nodes, work, test_users):
+    """node-b's workers are frozen (a node whose daemon hangs mid-start): node-a's part is claimed
+    but never starts its process; after gang_start_timeout the job goes back to pending; once
+    node-b works again the job runs on both."""
+    a, b = two_nodes
+    cwd, out = work
+    frozen = _rq_workers(b)
+    assert frozen, "node-b should have RQ workers"
+    for pid in frozen:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        job_id = a.submit("--nodes", "2", "--gpus", "1", "gangscript.py", str(out), cwd=cwd, user=test_users[0])
+        a.wait_state(job_id, "running")
+        _wait(lambda: any("claimed part" in e["text"] for e in a.job(job_id)["events"]))
+        # back to pending (and at once placed again by the leader, to wait again)
+        gave_up = "not every part started within 4 s (no worker claimed the part on node-b); none was started"
+        _wait(lambda: any(e["text"].startswith(gave_up) for e in a.job(job_id)["events"]), timeout=30)
+        assert not list(out.glob("rank*.json")), "no part may start before every part was claimed"
+        assert a.job(job_id).get("started_at") is None
+    finally:
+        for pid in frozen:
+            os.kill(pid, signal.SIGCONT)
+    (out / "go").touch()
+    a.wait_state(job_id, "completed", timeout=90)
+    assert len(list(out.glob("rank*.json"))) == 2
+
+
+def test_cancel_during_the_start_barrier(two_nodes, work, test_users):
+    a, b = two_nodes
+    cwd, out = work
+    frozen = _rq_workers(b)
+    for pid in frozen:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        job_id = a.submit("--nodes", "2", "--gpus", "1", "gangscript.py", str(out), cwd=cwd, user=test_users[0])
+        _wait(lambda: any("claimed part" in e["text"] for e in a.job(job_id)["events"]))
+        r = a.cli("cancel", str(job_id), user=test_users[0])
+        assert r.rc == 0, r.err
+        a.wait_state(job_id, "cancelled")
+    finally:
+        for pid in frozen:
+            os.kill(pid, signal.SIGCONT)
+    time.sleep(1.0)  # node-b's worker now sees the stale launch: it must start nothing
+    assert a.job(job_id)["state"] == "cancelled"
+    assert not list(out.glob("rank*.json"))
+    # the waiting supervisor on node-a went away without leaving a record
+    _wait(lambda: not any((d.home / "supervisors" / f"{job_id}.json").exists() for d in (a, b)))
+
+
+def test_a_request_no_two_nodes_can_hold_is_refused(two_nodes, work):
+    a, _ = two_nodes
+    cwd, _out = work
+    r = a.cli("submit", "--nodes", "3", "--gpus", "1", "--", "true", cwd=cwd)
+    assert r.rc != 0
+    assert "it asks for 1 GPU on each of 3 nodes, but only 2 nodes have 1 or more GPUs" in r.err
+    assert "Traceback" not in r.err and len(r.err.strip().splitlines()) == 1
+    r = a.cli("submit", "--nodes", "2", "--gpu-mem", "4GiB", "--", "true", cwd=cwd)
+    assert r.rc != 0 and "--nodes takes whole GPUs" in r.err
