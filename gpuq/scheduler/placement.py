@@ -171,6 +171,10 @@ class Cluster:
     def max_node_gpus(self) -> int:
         return self.t.max_node_gpus
 
+    def idle_gpus_on(self, node: str) -> int:
+        k = self.t.node_number.get(node)
+        return 0 if k is None else self.idle_count[k]
+
     def free_mib(self, i: int) -> int:
         return self.t.total[i] - max(self.reserved[i], self.t.used[i])
 
@@ -270,7 +274,7 @@ class Cluster:
     # ---- queries ----
     def could_fit_anything(self) -> bool:
         """False when no GPU has any room at all (nothing can start this cycle)."""
-        return bool(self.total_idle or self.partial)
+        return bool(self.total_idle or self.partial) or any(self.free_mib(i) > 0 for i in self.t.foreign)
 
     def fit(self, res: Resources, end_at: float = INF, packing: str = "best",
             only_node: str | None = None) -> tuple[str, list[int]] | None:

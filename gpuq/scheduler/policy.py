@@ -145,29 +145,35 @@ class _Cycle:
         already failed this cycle waits (the fast path: most of a long queue); any other is tried.
         The simulator (no reasons) stops as soon as nothing more could start."""
         reasons, shapes, known = self.reasons, self.index.shapes, self.known
+        conditional, time_left = self.index.conditional, self.index.time_left
         present = {s for s, n in self.index.shape_counts.items() if n > 0}
         start_at = None  # the head's expected start, once known
         behind_head = False  # fifo: everyone waits behind the head
-        plain_pending, never, checks, now = JobState.PENDING, self.never, self.limits.on, self.now
-        time_left_s, wait = accounting.time_left_s, self._wait
+        never, checks, now, wait = self.never, self.limits.on, self.now, self._wait
+        #: (simulator, preemption on) stop once the preemption candidates are found, if nothing
+        #: more could start; without preemption, or before then, each failed try checks that
+        stop_early = not self.explain and self.config.preemption_on
         for job in self._in_order():
-            shape = shapes[job.id]
-            spec = job.spec
-            if job.state is not plain_pending or checks or spec.after or spec.after_any or spec.after_notok or \
-                    spec.array is not None or never.get(shape, "") is not None:
+            jid = job.id
+            shape = shapes[jid]
+            if checks or jid in conditional or never.get(shape, "") is not None:
                 why = self._not_eligible(job, shape)
                 if why is not None:
-                    reasons[job.id] = why
+                    reasons[jid] = why
                     continue
             if behind_head:
                 self._wait_behind_head(job)
                 continue
-            may = start_at is not None and job.spec.time_limit_s is not None and \
-                now + max(time_left_s(job, now), 0.0) <= start_at
+            # may it use the GPUs held for the head job (it surely ends before the head starts)?
+            may = start_at is not None and jid in time_left and now + max(time_left[jid], 0.0) <= start_at
             kinds = known.get(shape)
             got = kinds[may] if kinds is not None else None
             if got is not None:  # the same request already failed this cycle
                 wait(job, got)
+                if stop_early and len(self.blocked) == PREEMPT_CANDIDATES:
+                    stop_early = False  # (enough preemption candidates now: check once)
+                    if self._saturated(present):
+                        break
                 continue
             self._try_start(job, shape, may)
             if self.head is not None:

@@ -212,6 +212,9 @@ def _victims_on_best_node(waiting: Job, victims: Sequence[Job], cluster: Cluster
             by_node.setdefault(v.placement.node, []).append(v)
     best: list[Job] | None = None
     for node, vs in by_node.items():
+        if res.whole_gpus and cluster.idle_gpus_on(node) + len({u for v in vs for u in v.placement.gpu_uuids}) \
+                < res.gpus:
+            continue  # even with all these victims gone, too few GPUs of this node would be idle
         released: list[Job] = []
         ok = False
         for v in vs:

@@ -1,5 +1,9 @@
-"""The daemon keeps the index of pending jobs from cycle to cycle (``PendingIndex.sync``): plan()
-on that kept index must decide exactly what plan() on the plain list decides (SIMULATED GPUs)."""
+"""plan()'s fast paths decide exactly what the plain call decides (SIMULATED GPUs):
+
+- the daemon keeps the index of pending jobs from cycle to cycle (``PendingIndex.sync``);
+- the simulator asks for no reasons (``explain=False``), so the scan stops as soon as nothing
+  more could start.
+Reference: plan() on the plain list of pending jobs, with every reason."""
 
 from __future__ import annotations
 
@@ -65,5 +69,8 @@ def test_kept_index_decides_as_the_plain_list(monkeypatch, bulk_after, shape, ru
             next_id += 1
         kept.sync(pending)
         assert sorted(j.id for j in kept) == sorted(j.id for j in pending)
-        _same(plan(kept, running, nodes, usage, cfg, now), plan(list(pending), running, nodes, usage, cfg, now))
+        reference = plan(list(pending), running, nodes, usage, cfg, now)
+        _same(plan(kept, running, nodes, usage, cfg, now), reference)
+        quiet = plan(kept, running, nodes, usage, cfg, now, explain=False)
+        assert (quiet.starts, quiet.preempts) == (reference.starts, reference.preempts)
         now += 4000.0
