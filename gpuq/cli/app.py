@@ -17,6 +17,7 @@ import click
 import typer
 
 from gpuq import __version__
+from gpuq.cli import sim_cmd
 from gpuq.cli.client import Client
 from gpuq.errors import GpuqError, InvalidInput
 from gpuq.paths import Paths, client_home
@@ -330,15 +331,7 @@ def daemon(
     raise typer.Exit(Daemon(cfg).run())
 
 
-def _register_optional() -> None:
-    try:
-        from gpuq.cli import sim_cmd
-    except ImportError:
-        return
-    app.command("sim")(sim_cmd.sim)
-
-
-_register_optional()
+app.command("sim")(sim_cmd.sim)
 
 
 def _usage_error(e: click.UsageError) -> str:
