@@ -227,6 +227,33 @@ def test_a_node_whose_daemon_dies_mid_start_sends_the_job_back_and_nothing_start
     assert len(list(out.glob("rank*.json"))) == 2
 
 
+def test_kill_9_of_a_supervisor_waiting_at_the_start_barrier(two_nodes, work, test_users):
+    """node-a's part waits for node-b's (frozen) workers; its supervisor is killed (-9) there:
+    the job goes back to pending at once with nothing started, and runs once node-b works."""
+    a, b = two_nodes
+    cwd, out = work
+    frozen = _rq_workers(b)
+    for pid in frozen:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        job_id = a.submit("--nodes", "2", "--gpus", "1", "gangscript.py", str(out), cwd=cwd, user=test_users[0])
+        _wait(lambda: any("claimed part" in e["text"] for e in a.job(job_id)["events"]))
+        claimed = next(e["text"] for e in a.job(job_id)["events"] if "claimed part" in e["text"])
+        waiting = a if "worker on node-a" in claimed else b
+        rec = _wait(lambda: (waiting.home / "supervisors" / f"{job_id}.json").exists()
+                    and json.loads((waiting.home / "supervisors" / f"{job_id}.json").read_text()))
+        os.kill(rec["pid"], signal.SIGKILL)
+        died = "its supervisor (pid %d) died before every part started; none was started: back to pending" % rec["pid"]
+        _wait(lambda: any(e["text"].endswith(died) for e in a.job(job_id)["events"]), timeout=20)
+        assert not list(out.glob("rank*.json"))
+    finally:
+        for pid in frozen:
+            os.kill(pid, signal.SIGCONT)
+    (out / "go").touch()
+    a.wait_state(job_id, "completed", timeout=90)
+    assert len(list(out.glob("rank*.json"))) == 2
+
+
 def test_cancel_during_the_start_barrier(two_nodes, work, test_users):
     a, b = two_nodes
     cwd, out = work
