@@ -26,6 +26,7 @@ import click  # noqa: E402
 import typer  # noqa: E402
 
 from gpuq import __version__  # noqa: E402
+from gpuq.cli import sim_cmd  # noqa: E402
 from gpuq.cli.client import Client  # noqa: E402
 from gpuq.errors import GpuqError, InvalidInput  # noqa: E402
 from gpuq.paths import Paths, client_home  # noqa: E402
@@ -342,15 +343,7 @@ def daemon(
     raise typer.Exit(Daemon(cfg).run())
 
 
-def _register_optional() -> None:
-    try:
-        from gpuq.cli import sim_cmd
-    except ImportError:
-        return
-    app.command("sim")(sim_cmd.sim)
-
-
-_register_optional()
+app.command("sim")(sim_cmd.sim)
 
 
 def _usage_error(e: click.UsageError) -> str:

@@ -238,6 +238,16 @@ class Placement:
 
 
 @dataclass(frozen=True)
+class PartEnd:
+    """How the first part of a job across nodes that ended other than by exiting 0 ended: the
+    state (and exit code, reason) the whole job ends in once its last part has ended."""
+
+    state: JobState
+    exit_code: int | None
+    reason: str
+
+
+@dataclass(frozen=True)
 class StopRequest:
     kind: StopKind
     at: float
@@ -269,7 +279,8 @@ class Job:
     stop_request: StopRequest | None = None
     progress: Progress | None = None
     gang_ready: tuple[str, ...] = ()  # a job across nodes: the nodes whose part was claimed (the start barrier)
-    gang_done: tuple[str, ...] = ()  # a job across nodes: the nodes whose part exited 0 (the others still run)
+    gang_done: tuple[str, ...] = ()  # a job across nodes: the nodes whose part has ended (the others still run)
+    gang_end: PartEnd | None = None  # a job across nodes: how it ends once its last part ended (None: completed)
     # terminal only
     ended_at: float | None = None
     exit_code: int | None = None
@@ -284,7 +295,7 @@ class Job:
         running_only = {
             "placement": self.placement, "placed_at": self.placed_at, "started_at": self.started_at,
             "pid": self.pid, "stop_request": self.stop_request, "progress": self.progress,
-            "gang_ready": self.gang_ready or None, "gang_done": self.gang_done or None,
+            "gang_ready": self.gang_ready or None, "gang_done": self.gang_done or None, "gang_end": self.gang_end,
         }
         if self.state is JobState.RUNNING:
             if self.placement is None or self.placed_at is None:
@@ -315,7 +326,7 @@ class Job:
         base: dict[str, Any] = {}
         if to is not JobState.RUNNING:
             base.update(placement=None, placed_at=None, started_at=None, pid=None,
-                        stop_request=None, progress=None, gang_ready=(), gang_done=())
+                        stop_request=None, progress=None, gang_ready=(), gang_done=(), gang_end=None)
         base.update(changes)
         return dataclasses.replace(self, state=to, **base)
 
@@ -382,6 +393,9 @@ def job_to_dict(job: Job, with_env: bool = True) -> dict[str, Any]:
     for k in ("gang_ready", "gang_done"):
         if getattr(job, k):
             out[k] = list(getattr(job, k))
+    if job.gang_end is not None:
+        out["gang_end"] = _drop_none({"state": job.gang_end.state.value, "exit_code": job.gang_end.exit_code,
+                                      "reason": job.gang_end.reason})
     if job.stop_request is not None:
         out["stop_request"] = {"kind": job.stop_request.kind.value, "at": job.stop_request.at,
                                "by": job.stop_request.by}
@@ -453,6 +467,18 @@ def job_from_dict(d: Mapping[str, Any]) -> Job:
         raise BadRecord(f"{type(e).__name__}: {e}") from e
 
 
+def _check_parts(p: Placement) -> Placement:
+    """A placement across nodes must be whole: its parts cover its GPUs, on distinct nodes, with a port."""
+    if p.parts:
+        if sum(x.gpus for x in p.parts) != len(p.gpu_uuids) or any(x.gpus < 0 for x in p.parts):
+            raise BadRecord("placement.parts do not cover the placement's GPUs")
+        if len({x.node for x in p.parts}) != len(p.parts):
+            raise BadRecord("placement.parts name a node twice")
+        if p.port is None or not 0 < p.port < 65536 - len(p.parts):
+            raise BadRecord("placement.port is missing or not a port")
+    return p
+
+
 def _job_from_dict(d: Mapping[str, Any]) -> Job:
     version = _int(d.get("v", 1), "v")
     if version > SCHEMA_VERSION:
@@ -496,7 +522,7 @@ def _job_from_dict(d: Mapping[str, Any]) -> Job:
                                 host_mem_mib=_opt_int(r.get("host_mem_mib"), "host_mem_mib"),
                                 cpus=_opt_num(r.get("cpus"), "cpus"), nodes=_int(r.get("nodes", 1), "nodes")),
         ),
-        placement=None if p is None else Placement(
+        placement=None if p is None else _check_parts(Placement(
             node=_str(_obj(p, "placement")["node"], "placement.node"),
             gpu_uuids=_strs(p.get("gpu_uuids", ()), "placement.gpu_uuids"),
             gpu_indices=tuple(_int(i, "placement.gpu_indices") for i in p.get("gpu_indices", ())),
@@ -507,9 +533,13 @@ def _job_from_dict(d: Mapping[str, Any]) -> Job:
                              address=_str(x.get("address", ""), "placement.parts.address"),
                              gpus=_int(x["gpus"], "placement.parts.gpus")) for x in p.get("parts", ())),
             port=_opt_int(p.get("port"), "placement.port"),
-        ),
+        )),
         gang_ready=_strs(d.get("gang_ready", ()), "gang_ready"),
         gang_done=_strs(d.get("gang_done", ()), "gang_done"),
+        gang_end=None if d.get("gang_end") is None else PartEnd(
+            state=JobState(_obj(d["gang_end"], "gang_end")["state"]),
+            exit_code=_opt_int(d["gang_end"].get("exit_code"), "gang_end.exit_code"),
+            reason=_str(d["gang_end"].get("reason", ""), "gang_end.reason")),
         placed_at=_opt_num(d.get("placed_at"), "placed_at"),
         started_at=_opt_num(d.get("started_at"), "started_at"),
         pid=_opt_int(d.get("pid"), "pid"),

@@ -86,6 +86,11 @@ def end_run(store: Store, job: Job, why: str, now: float) -> Job | None:
         if j.state is not JobState.RUNNING or j.started_at != job.started_at:
             return None
         sr = j.stop_request
+        if j.gang_end is not None:  # a job across nodes whose first part already said how it ends
+            e = j.gang_end
+            if e.state is JobState.PENDING:
+                return j.transition(JobState.PENDING, requeues=j.requeues + 1, end_reason=f"{e.reason}; {why}")
+            return j.transition(e.state, ended_at=now, exit_code=e.exit_code, end_reason=f"{e.reason}; {why}")
         if sr is not None and sr.kind is StopKind.CANCEL:
             return j.transition(JobState.CANCELLED, ended_at=now, end_reason=f"cancelled by {sr.by}; {why}")
         if sr is not None:
@@ -182,7 +187,7 @@ class LostNodes:
         for j in running:
             if j.started_at is None or j.placement is None:
                 continue  # unclaimed placements on a lost node go back at once (scheduler loop)
-            lost = [n for n in j.placement.nodes if n not in live]
+            lost = [n for n in j.placement.nodes if n not in live and n not in j.gang_done]
             if not lost:
                 continue  # (a job across nodes ends when any of its nodes is lost)
             node = lost[0]

@@ -33,7 +33,7 @@ from typing import Callable
 
 from gpuq import accounting, keys
 from gpuq.errors import GpuqError, JobNotFound, RecordSetAside, StoreUnavailable
-from gpuq.jobs.model import REQUEUE_EXIT_CODE, Job, JobState, Placement, Progress, StopKind
+from gpuq.jobs.model import REQUEUE_EXIT_CODE, Job, JobState, PartEnd, Placement, Progress, StopKind
 from gpuq.safefile import read_small
 from gpuq.store import Store
 from gpuq.workers import runrecord
@@ -406,6 +406,9 @@ class Supervisor:
                                          "stopping this part")
                             else:
                                 log.note("this run is no longer the job's current run")
+                        elif current is not None and current.gang_end is not None:
+                            stop_kind, stop_by = StopKind.CANCEL, "gpuq (another part ended the job)"
+                            log.note(f"{current.gang_end.reason}: the job ends; stopping this part")
                         elif current is not None and current.stop_request is not None:
                             stop_kind, stop_by = current.stop_request.kind, current.stop_request.by
                         elif accounting.out_of_time(job, now):  # the limit counts every run of the job
@@ -513,28 +516,32 @@ class Supervisor:
             to, reason = JobState.PENDING, f"requeued (exited {REQUEUE_EXIT_CODE}: checkpointed)"
         else:
             to, reason = JobState.FAILED, f"exited {rc}{signal_note}"
-        part = self._part_label(job)
         gang = job.placement is not None and job.placement.is_gang
-        reason = part + reason  # a job across nodes ends as its first part to end says
+        if gang and stop_kind is None:  # a part's own end (not a stop of the whole job) names the part
+            reason = self._part_label(job) + reason
+
+        mine = PartEnd(to, rc, reason)
 
         def change(j: Job) -> Job | None:
             if not same_run(j, job):
-                return None  # reconciled, re-placed or ended by another part meanwhile: never overwrite
-            if gang and to is JobState.COMPLETED:
-                done = j.gang_done + (self.ctx.node,)
+                return None  # reconciled, re-placed or ended meanwhile: never overwrite a newer run
+            end = mine
+            if gang:  # the job ends with its last part, as its first part that did not exit 0 said
                 assert j.placement is not None
-                if len(set(done)) < len(j.placement.parts):
-                    return j.with_changes(gang_done=done)  # the job completes with its last part
-            final = "every part exited 0" if gang and to is JobState.COMPLETED else reason
-            common = dict(accounting.end_of_run(j, run_s), end_reason=final)
-            if to is JobState.PENDING:
-                return j.transition(to, requeues=j.requeues + 1, **common)
-            return j.transition(to, ended_at=now, exit_code=rc, **common)
+                done = tuple(dict.fromkeys(j.gang_done + (self.ctx.node,)))
+                first = j.gang_end or (None if mine.state is JobState.COMPLETED else mine)
+                if len(done) < len(j.placement.parts):
+                    return j.with_changes(gang_done=done, gang_end=first)
+                end = first or PartEnd(JobState.COMPLETED, 0, "every part exited 0")
+            common = dict(accounting.end_of_run(j, run_s), end_reason=end.reason)
+            if end.state is JobState.PENDING:
+                return j.transition(end.state, requeues=j.requeues + 1, **common)
+            return j.transition(end.state, ended_at=now, exit_code=end.exit_code, **common)
 
         def event(j: Job) -> str:
             if j.state is JobState.RUNNING:
-                return f"{reason}; waiting for the other parts to end"
-            return f"{to.value}: {j.end_reason}"
+                return f"{self._part_label(j)}ended ({reason}); waiting for the other parts to end"
+            return f"{j.state.value}: {j.end_reason}"
 
         done = self.store.update(job.id, change, now, event=event, wake=False,
                                  also=lambda pipe, j: pipe.delete(keys.job_heartbeat(job.id))
@@ -545,7 +552,7 @@ class Supervisor:
             self._add_usage(job.owner.user, gpu_share, now - run_s, now)
         self.store.wake("job ended")  # one wake, after usage is recorded
         notify_job_end(done)
-        return f"{to.value}: {reason}"
+        return f"{to.value}: {reason}" if done is None else f"{done.state.value}: {done.end_reason}"
 
     def _add_usage(self, user: str, gpus: float, started_at: float, ended_at: float) -> None:
         """Fair-share usage of this run, counted exactly as plan() counted it while it ran."""

@@ -117,31 +117,38 @@ def test_every_part_starts_with_its_gpus_and_the_distributed_environment(two_nod
     assert all(_wait(lambda rec=rec: _gone(rec["pid"])) for rec in ranks)
 
 
-def test_a_part_that_fails_ends_the_whole_job(two_nodes, work, test_users):
+def test_a_part_that_fails_ends_the_whole_job_once_every_part_is_gone(two_nodes, work, test_users):
     a, b = two_nodes
     cwd, out = work
+    (out / "ignore_term").touch()  # rank 0 stops only when the 2 s grace is over and it is killed
+    (out / "gate1").write_text("go1")
+    (out / "exit1").write_text("3")
     job_id = a.submit("--nodes", "2", "--gpus", "1", "gangscript.py", str(out), cwd=cwd, user=test_users[0])
     ranks = _ranks(out)
-    (out / "exit1").write_text("3")
-    # only rank 1 is let go (rank 0 waits for a gate that never opens): gpuq must stop rank 0
-    (out / "go").touch()
+    (out / "go1").touch()  # only rank 1 goes on, and exits 3: gpuq must stop rank 0
     job = a.wait_state(job_id, "failed", timeout=60)
+    # the job ended as its failing part said, and only once no part was left: never half-running
+    assert _gone(ranks[0]["pid"]) and _gone(ranks[1]["pid"])
     assert job["end_reason"].startswith("part 1 on node-") and job["end_reason"].endswith("exited 3"), job
     assert job["exit_code"] == 3
-    _wait(lambda: _gone(ranks[0]["pid"]) and _gone(ranks[1]["pid"]))
+    events = [e["text"] for e in job["events"]]
+    assert any("ended (part 1 on node-" in e and "waiting for the other parts to end" in e for e in events), events
 
 
 def test_cancel_stops_every_part(two_nodes, work, test_users):
     a, b = two_nodes
     cwd, out = work
+    (out / "ignore_term").touch()  # both parts take the whole 2 s grace to stop
     job_id = b.submit("--nodes", "2", "--gpus", "2", "gangscript.py", str(out), cwd=cwd, user=test_users[0])
     ranks = _ranks(out)
+    r = a.cli("cancel", str(job_id), user=test_users[1])
+    assert r.rc != 0 and a.job(job_id)["state"] == "running"  # not another user's to cancel
     r = a.cli("cancel", str(job_id), user=test_users[0])
     assert r.rc == 0, r.err
     job = a.wait_state(job_id, "cancelled", timeout=60)
-    assert f"by {test_users[0]}" in job["end_reason"]
-    _wait(lambda: _gone(ranks[0]["pid"]) and _gone(ranks[1]["pid"]))
-    # another user may not cancel it: checked by the ordinary door; both nodes' GPUs are free again
+    assert job["end_reason"] == f"cancelled by {test_users[0]}"
+    assert _gone(ranks[0]["pid"]) and _gone(ranks[1]["pid"])  # cancelled only once every part is gone
+    # both nodes' GPUs are free again
     again = a.submit("--nodes", "2", "--gpus", "2", "--", "true", cwd=cwd, user=test_users[1])
     a.wait_state(again, "completed", timeout=60)
 
@@ -185,6 +192,32 @@ def test_no_part_starts_unless_every_part_does(two_nodes, work, test_users):
     finally:
         for pid in frozen:
             os.kill(pid, signal.SIGCONT)
+    (out / "go").touch()
+    a.wait_state(job_id, "completed", timeout=90)
+    assert len(list(out.glob("rank*.json"))) == 2
+
+
+def test_a_node_whose_daemon_dies_mid_start_sends_the_job_back_and_nothing_starts(two_nodes, work, test_users):
+    """node-b's daemon is killed (-9, with its workers) after node-a claimed its part: when
+    node-b's snapshot expires the job goes back to pending with nothing started; it runs on both
+    nodes once node-b's daemon is back."""
+    a, b = two_nodes
+    cwd, out = work
+    workers = _rq_workers(b)
+    for pid in workers:
+        os.kill(pid, signal.SIGSTOP)
+    job_id = a.submit("--nodes", "2", "--gpus", "1", "gangscript.py", str(out), cwd=cwd, user=test_users[0])
+    _wait(lambda: any("claimed part" in e["text"] for e in a.job(job_id)["events"]))
+    b.proc.kill()
+    b.proc.wait()
+    for pid in workers:
+        os.kill(pid, signal.SIGKILL)
+    went = "its node node-b went away before it started: back to pending"
+    _wait(lambda: any(e["text"] == went for e in a.job(job_id)["events"]), timeout=60, step=0.3)
+    job = a.job(job_id)
+    assert job["state"] == "pending" and "cannot run here" in job["reason"], job
+    assert not list(out.glob("rank*.json"))
+    b.start()
     (out / "go").touch()
     a.wait_state(job_id, "completed", timeout=90)
     assert len(list(out.glob("rank*.json"))) == 2
