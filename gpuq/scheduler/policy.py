@@ -13,7 +13,6 @@ that does not start gets a reason.
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Mapping, NamedTuple, Sequence
@@ -22,15 +21,15 @@ from gpuq import accounting
 from gpuq.gpus import NodeSnapshot
 from gpuq.jobs.model import Job, JobState, Placement
 from gpuq.scheduler.backfill import HeadHold, hold_for_head
-from gpuq.scheduler.config import PolicyConfig, UserLimits
+from gpuq.scheduler.config import PolicyConfig
 from gpuq.scheduler.dependencies import ArrayThrottle, dependency_reason
 from gpuq.scheduler.fairshare import ShareState, ongoing_usage, share_states, usage_values
+from gpuq.scheduler.limits import UsageLimits
 from gpuq.scheduler.ordering import PendingIndex
 from gpuq.scheduler.placement import Cluster, Shape, make_gang_placement, make_placement, never_fits
 from gpuq.scheduler.preemption import plan_preemptions
 from gpuq.units import format_duration
 
-INF = math.inf
 #: with preemption on, the first this many waiting jobs are considered for preemption
 PREEMPT_CANDIDATES = 8
 
@@ -122,7 +121,7 @@ class _Cycle:
                                end_of=lambda j: accounting.expected_end(j, now))
         self.states: dict[str, ShareState] = \
             fairshare_states(self.index, running, usage, config, now) if config.uses_fairshare else {}
-        self.limits = _UserLimits(config, running)
+        self.limits = UsageLimits(config, running)
         self.throttle = ArrayThrottle(running)
         self.starts: list[Start] = []
         self.reasons: dict[int, str] = {}
@@ -353,54 +352,6 @@ class _Known(NamedTuple):
     one: str
     before: str
     after: str
-
-
-class _UserLimits:
-    """Per-user ``max_gpus`` (GPUs in use) and ``max_cpu_jobs`` (CPU-only jobs running), counted
-    as plan() starts more jobs."""
-
-    def __init__(self, config: PolicyConfig, running: Iterable[Job]) -> None:
-        self.config = config
-        self.on = config.default_limits.max_gpus is not None or bool(config.user_limits)
-        self.gpus: dict[str, int] = {}
-        self.cpu_jobs: dict[str, int] = {}
-        self.cache: dict[str, UserLimits] = {}
-        for j in running:
-            self.started(j)
-
-    def _limits(self, user: str) -> UserLimits:
-        lim = self.cache.get(user)
-        if lim is None:
-            lim = self.cache[user] = self.config.limits_for(user)
-        return lim
-
-    def reason(self, job: Job) -> str | None:
-        """Why the job would take its user past ``max_gpus`` (None: it would not)."""
-        if not self.on:
-            return None
-        lim = self._limits(job.owner.user)
-        used = self.gpus.get(job.owner.user, 0)
-        if lim.max_gpus is not None and used + job.spec.resources.gpus > lim.max_gpus:
-            return f"user limit: you have {used}/{lim.max_gpus} GPUs in use"
-        return None
-
-    def cpu_reason(self, job: Job, cluster: Cluster) -> str | None:
-        """Why a CPU-only job would take its user past ``max_cpu_jobs`` (default: half the slots)."""
-        lim = self._limits(job.owner.user).max_cpu_jobs
-        if lim is None:
-            total = cluster.cpu_slots_total()
-            lim = None if total == INF else max(1, int(total) // 2)
-        have = self.cpu_jobs.get(job.owner.user, 0)
-        if lim is not None and have >= lim:
-            return f"user limit: you have {have}/{lim} CPU-only jobs running"
-        return None
-
-    def started(self, job: Job) -> None:
-        user, gpus = job.owner.user, job.spec.resources.gpus
-        if gpus == 0:
-            self.cpu_jobs[user] = self.cpu_jobs.get(user, 0) + 1
-        else:
-            self.gpus[user] = self.gpus.get(user, 0) + gpus
 
 
 _AHEAD = {
