@@ -8,11 +8,14 @@ import glob
 import json
 import os
 import stat
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from gpuq.workers import devfilter
 from tests.integration.doorkit import api_as
 
 pytestmark = pytest.mark.integration
@@ -186,3 +189,22 @@ def test_v2_limits_are_enforced_or_reported_as_not_enforced(make_daemon, open_tm
     else:
         assert "--cpus (no cpu controller)" in status, status
         assert "--cpus is not enforced" in log, log
+
+
+def test_a_second_device_program_on_one_cgroup_replaces_the_first(open_tmp):
+    """A requeued job whose old cgroup could not be removed gets a new program for its new GPUs: it
+    must replace the old one, not add to it (the kernel wants every program to agree)."""
+    for i in (0, 1):
+        os.mknod(open_tmp / f"nvidia{i}", 0o666 | stat.S_IFCHR, os.makedev(195, i))
+    cg = Path(f"/sys/fs/cgroup/unified/gpuq-test-replace-{os.getpid()}")
+    cg.mkdir()
+    try:
+        devfilter.attach(str(cg), (0,))
+        devfilter.attach(str(cg), (1,))
+        code = (f"import errno, os\nfor i in (0, 1):\n    try: os.close(os.open('{open_tmp}/nvidia%d' % i, os.O_RDWR))"
+                "; print('opened')\n    except OSError as e: print(errno.errorcode[e.errno])\n")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                             preexec_fn=lambda: (cg / "cgroup.procs").write_text(str(os.getpid()))).stdout.split()
+        assert out == ["EPERM", "ENXIO"], out  # only the second program's GPU (no driver here: ENXIO)
+    finally:
+        cg.rmdir()
