@@ -63,6 +63,7 @@ def test_a_job_over_its_mem_is_oom_killed_and_fails_with_that_reason(make_daemon
     assert job["state"] == "failed", job
     assert "out of memory" in job["end_reason"] and "--mem 128 MiB" in job["end_reason"], job["end_reason"]
     assert job["spec"]["resources"]["host_mem_mib"] == 128
+    assert "host memory limit 128 MiB" in d.cli("status", str(hog), user=ALICE).out
     assert int((home / "hog.progress").read_text()) < 10  # stopped near 128 MiB, not at 1 GiB
     log = d.cli("logs", str(hog), user=ALICE).out
     assert "OOM killer" in log
@@ -84,6 +85,7 @@ def test_cpus_becomes_the_cgroups_cpu_quota(make_daemon, open_tmp, test_users):
     pid = d.wait_pid(j)
     assert f"/gpuq/cpulim." in Path(f"/proc/{pid}/cgroup").read_text()
     assert d.job(j, user=ALICE)["spec"]["resources"]["cpus"] == 0.5
+    assert "CPU limit 0.5" in d.cli("status", str(j), user=ALICE).out
     two = d.submit("--gpus", "1", "--cpus", "1.5", "--", "sleep", "600", user=ALICE, cwd=home)  # a GPU job too
     assert _cgroup_file("/sys/fs/cgroup/cpu", "cpulim", two, "cpu.cfs_quota_us") == "150000"
     # without --cpus the quota stays unlimited (one CPU-only job at a time per user here: 2 cores)
