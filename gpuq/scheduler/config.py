@@ -66,11 +66,6 @@ class PolicyConfig:
     #: to the first queue; 0 (the default) turns it off (on Philly it traded many preemptions
     #: for little gain in the tail, see docs/scheduling.md)
     las_starve_factor: float = 0.0
-    #: las and default: within a LAS queue, a job whose time limit leaves less time goes first
-    #: (by classes that double: 2 min, 4 min, ...; jobs without a limit last), before fair share
-    #: and age; a running job with more time left may be preempted for it.  Off by default: it
-    #: rewards the users who give time limits (gpuq enforces them), see docs/scheduling.md
-    order_by_time_left: bool = False
     # ---- starvation guard (every policy but fifo) ----
     #: a job that has waited this long per GPU it asks for (its size) goes ahead of every job
     #: of its tier that is not starving, so the GPUs held for it (backfill) are its own until it

@@ -40,17 +40,6 @@ def _time_left_waiting(job: Job) -> float:
     return accounting.time_left_s(job, job.submitted_at)
 
 
-#: the time-left class of a job without a time limit (after every limited one)
-NO_LIMIT_CLASS = 64
-
-
-def time_left_class(time_left_s: float) -> int:
-    """``order_by_time_left``: 0 up to 2 minutes left, then one class per doubling."""
-    if time_left_s == INF:
-        return NO_LIMIT_CLASS
-    return max(0, int(math.log2(max(time_left_s, 60.0) / 60.0)))
-
-
 def static_key_fn(config: PolicyConfig) -> Callable[[Job], tuple]:
     """The per-user sort key of a pending job (ends with the job id, so keys are unique)."""
     p = config.policy
@@ -62,9 +51,6 @@ def static_key_fn(config: PolicyConfig) -> Callable[[Job], tuple]:
     if config.orders_by_service:  # las, default
         th = config.las_thresholds_gpu_s
         level = bisect.bisect_right  # las_level, inlined: called once per waiting job
-        if config.order_by_time_left:
-            return lambda j: (-j.spec.priority, level(th, j.attained_gpu_s), time_left_class(_time_left_waiting(j)),
-                              j.submitted_at, j.id)
         return lambda j: (-j.spec.priority, level(th, j.attained_gpu_s), j.submitted_at, j.id)
     return lambda j: (-j.spec.priority, j.submitted_at, j.id)
 
@@ -101,10 +87,7 @@ def running_key(job: Job, config: PolicyConfig, now: float) -> tuple:
     """Where a running job would sort among pending ones (for preemption by las/srtf)."""
     if config.orders_by_service:
         attained = accounting.attained_gpu_s(job, now)
-        level = bisect.bisect_right(config.las_thresholds_gpu_s, attained)
-        if config.order_by_time_left:
-            return (-job.spec.priority, level, time_left_class(accounting.time_left_s(job, now)))
-        return (-job.spec.priority, level)
+        return (-job.spec.priority, bisect.bisect_right(config.las_thresholds_gpu_s, attained))
     if config.policy == "srtf":
         return (-job.spec.priority, accounting.time_left_s(job, now))
     return (-job.spec.priority,)
@@ -131,7 +114,6 @@ class PendingIndex:
         self.policy = config.policy
         self.by_service = config.orders_by_service
         self.las_thresholds = config.las_thresholds_gpu_s
-        self.by_time_left = config.order_by_time_left
         #: for the starvation guard: per size (GPUs, at least 1), (submitted + run time, id), sorted
         self.by_size: dict[int, list[tuple[float, int]]] = {}
         self._key = static_key_fn(config)
@@ -219,8 +201,7 @@ class PendingIndex:
             self.time_left[job.id] = _time_left_waiting(job)
 
     def matches(self, config: PolicyConfig) -> bool:
-        return self.policy == config.policy and self.las_thresholds == config.las_thresholds_gpu_s and \
-            self.by_time_left == config.order_by_time_left
+        return self.policy == config.policy and self.las_thresholds == config.las_thresholds_gpu_s
 
     def _sort_queues(self) -> None:
         if self._unsorted:
@@ -348,10 +329,6 @@ class PendingIndex:
         w_age = config.weight_age
         max_age = config.max_age_s
         full = now - max_age  # submitted before this: the age part is full
-        if len(q) and len(q[0]) == 5:  # default, order_by_time_left: (tier, LAS queue, time-left class, submitted, id)
-            gen5 = ((tier, level, cls, -(score + w_age * (1.0 if sub <= full else (now - sub) / max_age if sub < now
-                                                          else 0.0)), sub, jid) for tier, level, cls, sub, jid in q)
-            return list(gen5) if complete else gen5
         if len(q) and len(q[0]) == 4:  # default: (tier, LAS queue, submitted, id)
             gen4 = ((tier, level, -(score + w_age * (1.0 if sub <= full else (now - sub) / max_age if sub < now else 0.0)),
                      sub, jid) for tier, level, sub, jid in q)

@@ -68,8 +68,7 @@ class _Preemption:
         return self.out[: max(self.config.max_preempts_per_cycle, 0)]
 
     def _wait_key(self, job: Job) -> tuple:
-        """The waiting job's rank, comparable with :func:`running_key`."""
-        return effective_key(job, self.config, self.now)[:3 if self.config.order_by_time_left else 2]
+        return effective_key(job, self.config, self.now)[:2]
 
     def _settle_cluster(self) -> None:
         # backfill is decided: from here on GPUs are kept only for the jobs preemption makes room for
@@ -85,7 +84,7 @@ class _Preemption:
         config, now = self.config, self.now
         latest_start = now - config.min_run_s
         bar_tier, bar = None, math.inf
-        if config.orders_by_service and not self.fair_policy and not config.order_by_time_left:
+        if config.orders_by_service and not self.fair_policy:
             # a running job in the same or a better LAS queue than every waiting job is no victim
             bar_tier, level = min(self._wait_key(w) for w in self.blocked)
             th = config.las_thresholds_gpu_s

@@ -287,34 +287,3 @@ def test_the_head_jobs_hold_stands_against_later_jobs_of_other_users():
     short = job(3, user="bob", sub=20.0, time_limit_s=300.0)
     p = plan([pend[0], short], [timed], nodes, {}, PolicyConfig(), 100.0)
     assert [s.job_id for s in p.starts] == [3]
-
-
-def test_order_by_time_left_within_a_las_queue():
-    """order_by_time_left: in one LAS queue the job with less time left by its limit goes first,
-    jobs without a limit last; fair share orders jobs of one class; a deeper LAS queue still
-    comes after (and the option is off by default)."""
-    nodes = [node("a", 1)]
-    usage = {"heavy": {"gpu_s": 1e6, "at": 0.0}}
-    pend = [job(1, user="light", sub=0.0),                                 # no limit
-            job(2, user="heavy", sub=10.0, time_limit_s=7200.0),           # 2 h
-            job(3, user="light", sub=20.0, time_limit_s=600.0, attained_gpu_s=4000.0),  # queue 1
-            job(4, user="heavy", sub=30.0, time_limit_s=600.0),           # 10 min, heavy
-            job(5, user="light", sub=40.0, time_limit_s=500.0)]           # 10 min class, light
-    on = PolicyConfig(policy="default", order_by_time_left=True)
-    order = [j.id for j in PendingIndex(on, pend).ordered({"light": 10000.0, "heavy": 0.0}, on, 100.0)]
-    assert order == [5, 4, 2, 1, 3]
-    p = plan(pend, [], nodes, usage, on, 100.0)
-    assert [s.job_id for s in p.starts] == [5]
-    off = PolicyConfig(policy="default")
-    assert [s.job_id for s in plan(pend, [], nodes, usage, off, 100.0).starts] == [1]
-
-
-def test_order_by_time_left_preempts_a_job_with_more_time_left():
-    nodes = [node("a", 1)]
-    cfg = PolicyConfig(policy="default", order_by_time_left=True, min_run_s=0, preempt_wait_s=0)
-    long_run = running(job(1, user="bob", time_limit_s=86400.0, checkpointable=True), nodes, [0], started_at=0.0)
-    short = job(2, user="bob", sub=50.0, time_limit_s=300.0)
-    p = plan([short], [long_run], nodes, {}, cfg, 100.0)
-    assert [x.job_id for x in p.preempts] == [1]
-    p = plan([short], [long_run], nodes, {}, PolicyConfig(policy="default", min_run_s=0, preempt_wait_s=0), 100.0)
-    assert p.preempts == ()

@@ -46,14 +46,14 @@ def _same(a, b):
                                                                   HealthCheck.function_scoped_fixture])
 @given(shape=nodes_st, run_specs=st.lists(job_st, max_size=6), first=st.lists(job_st, max_size=12),
        cycles=st.lists(cycle_st, min_size=1, max_size=4), policy=st.sampled_from(POLICIES),
-       preempt=st.booleans(), by_time_left=st.booleans())
+       preempt=st.booleans())
 def test_kept_index_decides_as_the_plain_list(monkeypatch, bulk_after, shape, run_specs, first, cycles, policy,
-                                              preempt, by_time_left):
+                                              preempt):
     monkeypatch.setattr(ordering, "_BULK_AFTER", bulk_after)  # 0: every sync with a change reloads in bulk
     nodes = make_nodes(shape)
     running = place_running(nodes, run_specs)
     cfg = PolicyConfig(policy=policy, preemption="checkpointable" if preempt else "off", preempt_wait_s=0,
-                       min_run_s=0, starve_after_s=3600.0, order_by_time_left=by_time_left)
+                       min_run_s=0, starve_after_s=3600.0)
     usage = {"ann": {"gpu_s": 50000.0, "at": 500.0}, "ben": {"gpu_s": 100.0, "at": 900.0}}
     pending = pending_jobs(first)
     next_id = 1000
