@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
+from gpuq.daemon.brief import MAX_PER_USER
 from gpuq.errors import InvalidInput
 from gpuq.jobs.model import MAX_CPUS, MIN_CPUS, MIN_GPU_MEM_MIB, MIN_HOST_MEM_MIB
 from gpuq.units import parse_cpus, parse_duration_s, parse_fraction, parse_size_mib
@@ -341,17 +342,22 @@ def _refuse_unknown_query(query: Mapping[str, list[str]], known: Sequence[str]) 
 
 @dataclass(frozen=True)
 class StatusQuery:
-    """``GET /v1/status[?all=1]``."""
+    """``GET /v1/status[?all=1][&others=N]``.  ``others``: the bounded view (gpuq/daemon/brief.py),
+    another user's waiting jobs listed up to N, beyond that summed up; absent: every active job."""
 
     include_finished: bool = False
+    others_per_user: int | None = None
 
 
 def parse_status_query(query: Mapping[str, list[str]]) -> StatusQuery:
-    _refuse_unknown_query(query, ("all",))
+    _refuse_unknown_query(query, ("all", "others"))
     v = _query_value(query, "all")
     if v not in (None, "0", "1"):
         raise InvalidInput("all must be 0 or 1.")
-    return StatusQuery(include_finished=v == "1")
+    o = _query_value(query, "others")
+    if o is not None and not (o.isascii() and o.isdigit() and len(o) <= 4 and int(o) <= MAX_PER_USER):
+        raise InvalidInput(f"others must be a whole number from 0 to {MAX_PER_USER}.")
+    return StatusQuery(include_finished=v == "1", others_per_user=None if o is None else int(o))
 
 
 @dataclass(frozen=True)
