@@ -154,6 +154,12 @@ def _ts(t: Any) -> str:
         return "-"
 
 
+def _host_limits(r: dict[str, Any]) -> str:
+    """``--mem`` and ``--cpus`` as the request line shows them ("" when not asked for)."""
+    mem, cpus = _number(r.get("host_mem_mib")), _number(r.get("cpus"))
+    return (f", host memory limit {format_mib(mem)}" if mem else "") + (f", CPU limit {cpus:g}" if cpus else "")
+
+
 def job_detail(j: dict[str, Any]) -> str:
     n_gpus, mem = _request(j)
     spec = j["spec"]
@@ -163,7 +169,8 @@ def job_detail(j: dict[str, Any]) -> str:
         f"  user:        {safe(j['owner']['user'])} (uid {j['owner']['uid']})",
         f"  command:     {safe(' '.join(spec['argv'])) if spec.get('argv') else '(hidden)'}",
         f"  cwd:         {safe(spec['cwd']) if spec.get('cwd') else '(hidden)'}",
-        f"  request:     {n_gpus} GPU(s), memory {mem}" + (", checkpointable" if spec.get("checkpointable") else ""),
+        f"  request:     {n_gpus} GPU(s), memory {mem}" + _host_limits(spec.get("resources") or {})
+        + (", checkpointable" if spec.get("checkpointable") else ""),
         f"  priority:    {spec.get('priority', 0)}",
     ]
     if spec.get("after"):

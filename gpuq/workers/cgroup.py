@@ -137,6 +137,7 @@ class CgroupV2:
         self.node = node
         self.base = mount / BASE / node
         self.device_filter = device_filter  # the kernel accepted a device program (probe_device_filter)
+        self._oom_before: dict[int, int] = {}
 
     def controllers(self) -> set[str]:
         """The controllers this hierarchy has (on a hybrid system, those not bound to v1)."""
@@ -185,6 +186,7 @@ class CgroupV2:
         enabled = self._enable(self.base, ("memory", "cpu", "pids"))
         d = self._dir(job_id)
         d.mkdir(mode=0o755, exist_ok=True)
+        self._oom_before[job_id] = _oom_kill_count(d / "memory.events")  # a cgroup left by an earlier run
         if limits.mem_mib is not None:
             if "memory" in enabled:
                 _write(d / "memory.max", str(limits.mem_mib * 2**20))
@@ -238,7 +240,8 @@ class CgroupV2:
             time.sleep(0.01)
 
     def oom_kills(self, job_id: int) -> int:
-        return _oom_kill_count(self._dir(job_id) / "memory.events")
+        """OOM kills in the job's cgroup since :meth:`create` (this run's)."""
+        return _oom_kill_count(self._dir(job_id) / "memory.events") - self._oom_before.get(job_id, 0)
 
     def remove(self, job_id: int) -> None:
         _rmdir_if_done(self._dir(job_id))
@@ -254,6 +257,7 @@ class CgroupV1:
         self.root = root
         self.controllers = controllers  # those mounted here, freezer first when present
         self.node = node
+        self._oom_before: dict[int, int] = {}
 
     def _dirs(self, job_id: int) -> dict[str, Path]:
         return {c: self.root / c / BASE / self.node / _job_name(job_id) for c in self.controllers}
@@ -264,6 +268,7 @@ class CgroupV1:
         for c, d in dirs.items():
             d.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
             d.mkdir(mode=0o755, exist_ok=True)
+        self._oom_before[job_id] = self._oom_total(job_id)  # a cgroup left by an earlier run keeps its count
         if limits.mem_mib is not None:
             if "memory" in dirs:
                 mem, limit = dirs["memory"], str(limits.mem_mib * 2**20)
@@ -322,9 +327,13 @@ class CgroupV1:
                 return not self.pids(job_id)
             time.sleep(0.01)
 
-    def oom_kills(self, job_id: int) -> int:
+    def _oom_total(self, job_id: int) -> int:
         mem = self._dirs(job_id).get("memory")
         return 0 if mem is None else _oom_kill_count(mem / "memory.oom_control")
+
+    def oom_kills(self, job_id: int) -> int:
+        """OOM kills in the job's cgroup since :meth:`create` (this run's)."""
+        return self._oom_total(job_id) - self._oom_before.get(job_id, 0)
 
     def remove(self, job_id: int) -> None:
         for d in self._dirs(job_id).values():

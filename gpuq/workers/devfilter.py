@@ -7,8 +7,12 @@ EPERM when one says no.  The program gpuq attaches says no to exactly one thing:
 device of major 195 (the NVIDIA driver's ``/dev/nvidiaN``) whose minor is a GPU's (below 254)
 and not one of the job's own GPUs.  Everything else passes: ``nvidiactl`` (195:255),
 ``nvidia-modeset`` (195:254), ``nvidia-uvm`` and ``nvidia-caps`` (majors the driver picks at load
-time), and every other device.  Attached with ``BPF_F_ALLOW_MULTI``, so a program a service
-manager put on an ancestor keeps working too (the kernel lets a device through only when all agree).
+time), and every other device.  Attached without ``BPF_F_ALLOW_MULTI``: a second attach to the same cgroup
+(a requeued job whose old cgroup could not be removed, now on other GPUs) replaces the first instead
+of adding to it (with several programs the kernel lets a device through only when all agree, so the
+job would lose its new GPU).  A job cannot attach programs of its own below it: its cgroup's files
+are root's.  Programs on ancestors (a service manager's, attached with ``BPF_F_ALLOW_MULTI``) still
+apply; an ancestor's program attached without it makes the attach fail, and the daemon says so.
 
 The program (r1 points at ``struct bpf_cgroup_dev_ctx {u32 access_type; u32 major; u32 minor}``)::
 
@@ -38,7 +42,7 @@ _BPF_PROG_LOAD = 5
 _BPF_PROG_ATTACH = 8
 _BPF_PROG_TYPE_CGROUP_DEVICE = 15
 _BPF_CGROUP_DEVICE = 6  # attach type
-_BPF_F_ALLOW_MULTI = 2
+_ATTACH_REPLACING = 0  # attach flags: neither BPF_F_ALLOW_OVERRIDE nor BPF_F_ALLOW_MULTI (see the module doc)
 _BPF_DEVCG_DEV_CHAR = 2
 _ATTR_SIZE = 128  # the kernel accepts a larger zeroed union bpf_attr
 
@@ -118,7 +122,7 @@ def attach(cgroup_dir: str, own_minors: Sequence[int]) -> None:
     try:
         dir_fd = os.open(cgroup_dir, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            _bpf(_BPF_PROG_ATTACH, struct.pack("<IIII", dir_fd, prog_fd, _BPF_CGROUP_DEVICE, _BPF_F_ALLOW_MULTI))
+            _bpf(_BPF_PROG_ATTACH, struct.pack("<IIII", dir_fd, prog_fd, _BPF_CGROUP_DEVICE, _ATTACH_REPLACING))
         except DeviceFilterUnavailable as e:
             raise DeviceFilterUnavailable(e.errno, f"attaching the device program to {cgroup_dir}: {e.strerror}") \
                 from None

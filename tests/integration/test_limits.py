@@ -8,11 +8,14 @@ import glob
 import json
 import os
 import stat
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from gpuq.workers import devfilter
 from tests.integration.doorkit import api_as
 
 pytestmark = pytest.mark.integration
@@ -60,6 +63,7 @@ def test_a_job_over_its_mem_is_oom_killed_and_fails_with_that_reason(make_daemon
     assert job["state"] == "failed", job
     assert "out of memory" in job["end_reason"] and "--mem 128 MiB" in job["end_reason"], job["end_reason"]
     assert job["spec"]["resources"]["host_mem_mib"] == 128
+    assert "host memory limit 128 MiB" in d.cli("status", str(hog), user=ALICE).out
     assert int((home / "hog.progress").read_text()) < 10  # stopped near 128 MiB, not at 1 GiB
     log = d.cli("logs", str(hog), user=ALICE).out
     assert "OOM killer" in log
@@ -81,6 +85,7 @@ def test_cpus_becomes_the_cgroups_cpu_quota(make_daemon, open_tmp, test_users):
     pid = d.wait_pid(j)
     assert f"/gpuq/cpulim." in Path(f"/proc/{pid}/cgroup").read_text()
     assert d.job(j, user=ALICE)["spec"]["resources"]["cpus"] == 0.5
+    assert "CPU limit 0.5" in d.cli("status", str(j), user=ALICE).out
     two = d.submit("--gpus", "1", "--cpus", "1.5", "--", "sleep", "600", user=ALICE, cwd=home)  # a GPU job too
     assert _cgroup_file("/sys/fs/cgroup/cpu", "cpulim", two, "cpu.cfs_quota_us") == "150000"
     # without --cpus the quota stays unlimited (one CPU-only job at a time per user here: 2 cores)
@@ -186,3 +191,22 @@ def test_v2_limits_are_enforced_or_reported_as_not_enforced(make_daemon, open_tm
     else:
         assert "--cpus (no cpu controller)" in status, status
         assert "--cpus is not enforced" in log, log
+
+
+def test_a_second_device_program_on_one_cgroup_replaces_the_first(open_tmp):
+    """A requeued job whose old cgroup could not be removed gets a new program for its new GPUs: it
+    must replace the old one, not add to it (the kernel wants every program to agree)."""
+    for i in (0, 1):
+        os.mknod(open_tmp / f"nvidia{i}", 0o666 | stat.S_IFCHR, os.makedev(195, i))
+    cg = Path(f"/sys/fs/cgroup/unified/gpuq-test-replace-{os.getpid()}")
+    cg.mkdir()
+    try:
+        devfilter.attach(str(cg), (0,))
+        devfilter.attach(str(cg), (1,))
+        code = (f"import errno, os\nfor i in (0, 1):\n    try: os.close(os.open('{open_tmp}/nvidia%d' % i, os.O_RDWR))"
+                "; print('opened')\n    except OSError as e: print(errno.errorcode[e.errno])\n")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                             preexec_fn=lambda: (cg / "cgroup.procs").write_text(str(os.getpid()))).stdout.split()
+        assert out == ["EPERM", "ENXIO"], out  # only the second program's GPU (no driver here: ENXIO)
+    finally:
+        cg.rmdir()
