@@ -137,3 +137,19 @@ def test_accounting_counts_every_parts_gpus():
     j = job(1, gang(2, 2)).transition(JobState.RUNNING, placement=start.placement, placed_at=0.0, started_at=0.0)
     assert accounting.gpu_share(j) == 4.0
     assert accounting.attained_gpu_s(j, 10.0) == 40.0
+
+
+def test_a_running_job_across_nodes_can_be_preempted_whole():
+    """LAS: a checkpointable 2-node job that had much GPU time makes room for a new job; the
+    victim is the whole job (its stop request stops every part)."""
+    import dataclasses
+
+    nodes = [node("a", 1), node("b", 1)]
+    (start,) = plan([job(1, gang(1, 2))], [], nodes, {}, PolicyConfig(), 0.0).starts
+    big = job(1, dataclasses.replace(gang(1, 2)))
+    big = dataclasses.replace(big, spec=dataclasses.replace(big.spec, checkpointable=True), attained_gpu_s=50000.0)
+    run = [big.transition(JobState.RUNNING, placement=dataclasses.replace(start.placement, port=21000), placed_at=0.0,
+                          started_at=0.0)]
+    cfg = PolicyConfig(policy="las", preemption="checkpointable", min_run_s=600.0)
+    p = plan([job(2, Resources(gpus=1), sub=10.0)], run, nodes, {}, cfg, 700.0)
+    assert [x.job_id for x in p.preempts] == [1]
