@@ -36,6 +36,13 @@ def gpu_count(job: dict[str, Any]) -> int:
     return int(job["spec"].get("resources", {}).get("gpus", 1))
 
 
+def gpu_request(job: dict[str, Any]) -> str:
+    """The GPUS column: a count, or ``2x8`` for a job across 2 nodes with 8 GPUs on each."""
+    r = job["spec"].get("resources", {})
+    nodes = int(r.get("nodes", 1))
+    return f"{nodes}x{gpu_count(job) // nodes}" if nodes > 1 else str(gpu_count(job))
+
+
 def memory(job: dict[str, Any]) -> str:
     r = job["spec"].get("resources", {})
     if int(r.get("gpus", 1)) == 0:
@@ -81,7 +88,7 @@ def array_label(a: dict[str, Any], indices: Sequence[int]) -> str:
 def _job_row(j: dict[str, Any], multi_node: bool, label: str | None = None) -> list[str]:
     elapsed = format_duration(j["elapsed_s"]) if j.get("elapsed_s") is not None else "-"
     return [label or str(j["id"]), safe(j.get("display_name", ""))[:24], safe(j["owner"]["user"]),
-            j["state"], str(gpu_count(j)), where(j, multi_node), memory(j), elapsed, safe(job_note(j))]
+            j["state"], gpu_request(j), where(j, multi_node), memory(j), elapsed, safe(job_note(j))]
 
 
 def _array_row(members: list[dict[str, Any]], multi_node: bool) -> list[str]:
@@ -99,7 +106,7 @@ def _array_row(members: list[dict[str, Any]], multi_node: bool) -> list[str]:
     note = f"next {m_id(waiting[0])}: {job_note(waiting[0])}" if waiting else ""
     label = array_label(a, [m["spec"]["array"]["index"] for m in members])
     return [label, safe(first.get("display_name", ""))[:24], safe(first["owner"]["user"]), state,
-            f"{gpu_count(first)} each", on, memory(first), "-", safe(note)]
+            f"{gpu_request(first)} each", on, memory(first), "-", safe(note)]
 
 
 def m_id(job: dict[str, Any]) -> str:

@@ -75,7 +75,7 @@ def _request(job: dict[str, Any]) -> tuple[str, str]:
     r = job["spec"].get("resources", {})
     gpus = int(r.get("gpus", 1))
     if gpus == 0:
-        return "0", "-"
+        return "0 GPU(s)", "-"
     if r.get("exclusive"):
         mem = "exclusive"
     elif r.get("mem_mib"):
@@ -84,7 +84,8 @@ def _request(job: dict[str, Any]) -> tuple[str, str]:
         mem = f"{r['fraction'] * 100:g}%"
     else:
         mem = "whole"
-    return str(gpus), mem
+    nodes = int(r.get("nodes", 1))
+    return (f"{gpus // nodes} GPU(s) on each of {nodes} nodes" if nodes > 1 else f"{gpus} GPU(s)"), mem
 
 
 def _progress(p: Any) -> str:
@@ -169,7 +170,7 @@ def job_detail(j: dict[str, Any]) -> str:
         f"  user:        {safe(j['owner']['user'])} (uid {j['owner']['uid']})",
         f"  command:     {safe(' '.join(spec['argv'])) if spec.get('argv') else '(hidden)'}",
         f"  cwd:         {safe(spec['cwd']) if spec.get('cwd') else '(hidden)'}",
-        f"  request:     {n_gpus} GPU(s), memory {mem}" + _host_limits(spec.get("resources") or {})
+        f"  request:     {n_gpus}, memory {mem}" + _host_limits(spec.get("resources") or {})
         + (", checkpointable" if spec.get("checkpointable") else ""),
         f"  priority:    {spec.get('priority', 0)}",
     ]

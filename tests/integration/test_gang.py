@@ -108,7 +108,9 @@ def test_every_part_starts_with_its_gpus_and_the_distributed_environment(two_nod
     st = b.cli("status").out
     line = [ln for ln in st.splitlines() if ln.split()[:1] == [str(job_id)]]
     assert len(line) == 1 and f"{parts[0]['node']}:0,1+{parts[1]['node']}:0,1" in line[0], st
-    assert "2 nodes" in a.cli("status", str(job_id)).out
+    assert " 2x2 " in line[0], st
+    detail = a.cli("status", str(job_id)).out
+    assert "request:     2 GPU(s) on each of 2 nodes, memory whole" in detail and "2 nodes, one process each" in detail, detail
     # rank 1 finishes first: the job completes only with its last part
     (out / "exit1").write_text("0")
     os.kill(ranks[1]["pid"], 0)
