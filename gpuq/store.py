@@ -403,7 +403,8 @@ class Store:
         with _wrap("recording GPU holds"):
             with self.r.pipeline(transaction=True) as pipe:
                 for h in holds:
-                    member = f"{h['job']}:{h['start']!r}"
+                    # one member per run (and per node: a job across nodes holds GPUs on each)
+                    member = f"{h['job']}:{h['start']!r}" + (f":{h['node']}" if "part" in h else "")
                     pipe.hset(keys.GPU_HOLDS, member, json.dumps(dict(h)))
                     pipe.zadd(keys.GPU_HOLDS_BY_END, {member: h["end"]})
                 old = self.r.zrangebyscore(keys.GPU_HOLDS_BY_END, "-inf", f"({keep_after}")

@@ -387,6 +387,9 @@ def main() -> None:
         gc.enable()
         rc = command.main(args=args, prog_name="gpuq", standalone_mode=False)
         sys.exit(rc if isinstance(rc, int) else 0)
+    except click.exceptions.NoArgsIsHelpError as e:  # `gpuq` alone, or a group without its command: the help
+        typer.echo(e.format_message(), err=True)
+        sys.exit(2)
     except click.UsageError as e:
         typer.echo(f"gpuq: {_usage_error(e)}", err=True)
         sys.exit(2)

@@ -209,7 +209,8 @@ def _victims_on_best_node(waiting: Job, victims: Sequence[Job], cluster: Cluster
     by_node: dict[str, list[Job]] = {}
     for v in victims:
         if v.placement is not None:
-            by_node.setdefault(v.placement.node, []).append(v)
+            for n in v.placement.nodes:  # a job across nodes frees GPUs on each of its nodes
+                by_node.setdefault(n, []).append(v)
     best: list[Job] | None = None
     for node, vs in by_node.items():
         if res.whole_gpus and cluster.idle_gpus_on(node) + len({u for v in vs for u in v.placement.gpu_uuids}) \

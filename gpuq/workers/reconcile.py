@@ -114,7 +114,11 @@ def check_supervisors(store: Store, home: Path, containment: Containment, jobs: 
     jobs that were ended."""
     ended = []
     for job in jobs:
-        if job.state is not JobState.RUNNING or job.started_at is None:
+        if job.state is not JobState.RUNNING:
+            continue
+        if job.started_at is None:
+            if waiting_part_died(store, home, job, node, now):
+                ended.append(job.id)
             continue
         if node and node in job.gang_done:
             continue  # this node's part of a job across nodes exited 0; the others still run
@@ -124,9 +128,11 @@ def check_supervisors(store: Store, home: Path, containment: Containment, jobs: 
                 store.update(job.id, lambda j: j if j.started_at == job.started_at else None, now,
                              event=f"adopted by the new daemon: supervisor pid {rec.pid if rec else '?'} is alive")
             continue
-        if runrecord.read(home, job.id) is None and now - job.started_at < LAUNCH_GRACE_S:
-            continue  # claimed a moment ago: its supervisor is being forked
         rec = runrecord.read(home, job.id)
+        if rec is None and now - job.started_at < LAUNCH_GRACE_S:
+            continue  # claimed a moment ago: its supervisor is being forked
+        if rec is not None and rec.token == job.placed_at and runrecord.is_alive(rec):
+            continue  # a part of a job across nodes just past the start barrier: recording its run
         part = f"part {job.placement.rank_of(node)} on {node}: " if job.placement and job.placement.is_gang else ""
         why = part + (f"its supervisor (pid {rec.pid}) died; the job's processes were stopped" if rec is not None
                       else "its supervisor never started or vanished; the job's processes were stopped")
@@ -139,6 +145,27 @@ def check_supervisors(store: Store, home: Path, containment: Containment, jobs: 
     return ended
 
 
+def waiting_part_died(store: Store, home: Path, job: Job, node: str, now: float) -> bool:
+    """A part of a job across nodes whose supervisor died while it waited at the start barrier (its
+    record still carries the placement time): nothing of the job started, so the job goes back to
+    pending at once instead of starting its other parts.  True when it did."""
+    p = job.placement
+    if p is None or not p.is_gang or job.placed_at is None:
+        return False
+    rec = runrecord.read(home, job.id)
+    if rec is None or rec.token != job.placed_at or runrecord.is_alive(rec):
+        return False
+    why = (f"part {p.rank_of(node)} on {node}: its supervisor (pid {rec.pid}) died before every part started; "
+           "none was started")
+    back = store.update(job.id, lambda j: j.transition(JobState.PENDING, end_reason=why)
+                        if j.state is JobState.RUNNING and j.placed_at == job.placed_at and j.started_at is None
+                        else None, now, event=f"{why}: back to pending")
+    runrecord.remove(home, job.id, job.placed_at)
+    if back is not None:
+        log.warning("job %s: %s", job.id, why)
+    return back is not None
+
+
 def sweep_leftovers(home: Path, containment: Containment, current: dict[int, Job]) -> list[int]:
     """Kill and remove cgroups and records of runs that are not current here and whose
     supervisor is dead (a live supervisor of a stale run stops its job by itself)."""
@@ -149,8 +176,8 @@ def sweep_leftovers(home: Path, containment: Containment, current: dict[int, Job
         if runrecord.is_alive(rec):
             live_records[rec.job] = rec
             continue
-        if job is None or job.started_at != rec.token:
-            runrecord.remove(home, rec.job, rec.token)
+        if job is None or (job.started_at != rec.token and job.placed_at != rec.token):
+            runrecord.remove(home, rec.job, rec.token)  # (a placement-time record is a part at the barrier)
     for job_id in containment.jobs():
         if job_id in live_records or job_id in current:
             continue

@@ -96,11 +96,15 @@ def supervisor_main(ctx: WorkerContext, job: Job, ready_fd: int) -> int:
     _prctl(_PR_SET_CHILD_SUBREAPER, 1)  # orphans of the job come to us, to be reaped
     me = os.getpid()
     if job.started_at is None:  # a part of a job across nodes: ready now, then wait for every part
+        assert job.placed_at is not None  # the record's token until the run has one: the placement time
+        runrecord.write(ctx.paths.home, runrecord.RunRecord(job.id, job.placed_at, me,
+                                                            runrecord.proc_start_ticks(me) or 0))
         os.write(ready_fd, f"{me}\n".encode())
         os.close(ready_fd)
         store = Store.from_url(ctx.redis_url)
         started = wait_for_every_part(store, ctx, job)
         if started is None:
+            runrecord.remove(ctx.paths.home, job.id, job.placed_at)
             return 0  # the placement was given up (timeout, cancel, node lost): nothing was started
         job = started
         assert job.started_at is not None

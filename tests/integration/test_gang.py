@@ -17,6 +17,7 @@ import pytest
 pytestmark = pytest.mark.integration
 HERE = Path(__file__).parent
 GANG_START = "4s"  # [daemon] gang_start_timeout of both nodes
+NODE_LOST = "5s"  # [daemon] node_lost_timeout of both nodes
 
 
 @pytest.fixture
@@ -27,7 +28,8 @@ def two_nodes(make_daemon, redis_server):
         d = make_daemon("--simulate-gpus", "2x16GiB", "--grace", "2s", "--node", name, "--address", "127.0.0.1",
                         "--redis-url", redis_server, start=False)
         d.home.mkdir(parents=True, exist_ok=True)
-        (d.home / "config.toml").write_text(f'[daemon]\ngang_start_timeout = "{GANG_START}"\n')
+        (d.home / "config.toml").write_text(f'[daemon]\ngang_start_timeout = "{GANG_START}"\n'
+                                            f'node_lost_timeout = "{NODE_LOST}"\n')
         out.append(d.start())
     a, b = out
     deadline = time.monotonic() + 20
@@ -75,9 +77,11 @@ def _daemon_of(job: dict, rank: int, a, b):
 
 
 def _rq_workers(d) -> list[int]:
-    """The RQ worker processes of daemon ``d`` (its children running gpuq.workers.rqworker)."""
+    """The RQ worker processes of daemon ``d``: its children running gpuq.workers.rqworker, less
+    the supervisors re-parented to it (forked from a worker, they share its command line; their
+    name is gpuq-sup-<id>)."""
     r = subprocess.run(["pgrep", "-P", str(d.proc.pid), "-f", "gpuq.workers.rqworker"], capture_output=True, text=True)
-    return [int(x) for x in r.stdout.split()]
+    return [int(x) for x in r.stdout.split() if not Path(f"/proc/{x}/comm").read_text().startswith("gpuq-sup")]
 
 
 def test_every_part_starts_with_its_gpus_and_the_distributed_environment(two_nodes, work, test_users):
@@ -223,6 +227,33 @@ def test_a_node_whose_daemon_dies_mid_start_sends_the_job_back_and_nothing_start
     assert len(list(out.glob("rank*.json"))) == 2
 
 
+def test_kill_9_of_a_supervisor_waiting_at_the_start_barrier(two_nodes, work, test_users):
+    """node-a's part waits for node-b's (frozen) workers; its supervisor is killed (-9) there:
+    the job goes back to pending at once with nothing started, and runs once node-b works."""
+    a, b = two_nodes
+    cwd, out = work
+    frozen = _rq_workers(b)
+    for pid in frozen:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        job_id = a.submit("--nodes", "2", "--gpus", "1", "gangscript.py", str(out), cwd=cwd, user=test_users[0])
+        _wait(lambda: any("claimed part" in e["text"] for e in a.job(job_id)["events"]))
+        claimed = next(e["text"] for e in a.job(job_id)["events"] if "claimed part" in e["text"])
+        waiting = a if "worker on node-a" in claimed else b
+        rec = _wait(lambda: (waiting.home / "supervisors" / f"{job_id}.json").exists()
+                    and json.loads((waiting.home / "supervisors" / f"{job_id}.json").read_text()))
+        os.kill(rec["pid"], signal.SIGKILL)
+        died = "its supervisor (pid %d) died before every part started; none was started: back to pending" % rec["pid"]
+        _wait(lambda: any(e["text"].endswith(died) for e in a.job(job_id)["events"]), timeout=20)
+        assert not list(out.glob("rank*.json"))
+    finally:
+        for pid in frozen:
+            os.kill(pid, signal.SIGCONT)
+    (out / "go").touch()
+    a.wait_state(job_id, "completed", timeout=90)
+    assert len(list(out.glob("rank*.json"))) == 2
+
+
 def test_cancel_during_the_start_barrier(two_nodes, work, test_users):
     a, b = two_nodes
     cwd, out = work
@@ -254,3 +285,63 @@ def test_a_request_no_two_nodes_can_hold_is_refused(two_nodes, work):
     assert "Traceback" not in r.err and len(r.err.strip().splitlines()) == 1
     r = a.cli("submit", "--nodes", "2", "--gpu-mem", "4GiB", "--", "true", cwd=cwd)
     assert r.rc != 0 and "--nodes takes whole GPUs" in r.err
+
+
+def test_time_limit_and_requeue_stop_every_part(two_nodes, work, test_users):
+    a, b = two_nodes
+    cwd, out = work
+    job_id = a.submit("--nodes", "2", "--gpus", "1", "--time-limit", "3s", "gangscript.py", str(out), cwd=cwd,
+                      user=test_users[0])
+    ranks = _ranks(out)
+    job = a.wait_state(job_id, "timeout", timeout=60)
+    assert "time limit of 3 s reached" in job["end_reason"], job
+    assert _gone(ranks[0]["pid"]) and _gone(ranks[1]["pid"])
+
+    for f in out.glob("rank*.json"):
+        f.unlink()
+    job_id = a.submit("--nodes", "2", "--gpus", "1", "--checkpointable", "gangscript.py", str(out), cwd=cwd,
+                      user=test_users[0])
+    first = _ranks(out)
+    for f in out.glob("rank*.json"):
+        f.unlink()
+    r = a.cli("requeue", str(job_id), user=test_users[0])
+    assert r.rc == 0, r.err
+    second = _ranks(out)  # it went back to pending and started again, on both nodes
+    assert _gone(first[0]["pid"]) and _gone(first[1]["pid"])
+    assert {r["pid"] for r in second}.isdisjoint({r["pid"] for r in first})
+    (out / "go").touch()
+    job = a.wait_state(job_id, "completed", timeout=60)
+    assert job["requeues"] == 1
+    assert "pending: requeued (requeue)" in [e["text"] for e in job["events"]]
+
+
+def test_a_restarted_daemon_adopts_its_part(two_nodes, work, test_users):
+    a, b = two_nodes
+    cwd, out = work
+    job_id = a.submit("--nodes", "2", "--gpus", "1", "gangscript.py", str(out), cwd=cwd, user=test_users[0])
+    ranks = _ranks(out)
+    assert b.stop() == 0  # a plain stop: running jobs keep running under their supervisors
+    b.start()
+    _wait(lambda: any(e["text"].startswith("adopted by the new daemon") for e in a.job(job_id)["events"]))
+    assert a.job(job_id)["state"] == "running"
+    (out / "go").touch()
+    a.wait_state(job_id, "completed", timeout=60)
+    assert _gone(ranks[0]["pid"]) and _gone(ranks[1]["pid"])
+
+
+def test_a_lost_node_ends_the_whole_job(two_nodes, work, test_users):
+    """node-b's daemon dies (-9, with its workers) while the job runs: its supervisor lives on, but
+    once node-b has been silent for node_lost_timeout the leader ends the job and every part stops."""
+    a, b = two_nodes
+    cwd, out = work
+    job_id = a.submit("--nodes", "2", "--gpus", "1", "gangscript.py", str(out), cwd=cwd, user=test_users[0])
+    ranks = _ranks(out)
+    workers = _rq_workers(b)
+    b.proc.kill()
+    b.proc.wait()
+    for pid in workers:
+        os.kill(pid, signal.SIGKILL)
+    job = a.wait_state(job_id, "failed", timeout=90)
+    assert "its node node-b stopped reporting" in job["end_reason"], job
+    # node-b's supervisor outlived its daemon: it stops its part once it sees the job ended
+    _wait(lambda: _gone(ranks[0]["pid"]) and _gone(ranks[1]["pid"]))
