@@ -65,7 +65,9 @@ def main() -> None:
     env = {**os.environ, "GPUQ_HOME": str(base / "home"), "TS_SOCKET": str(base / "ts.sock"), "TS_SLOTS": "1",
            "TS_MAXCONN": "5000", "TS_SAVELIST": str(base / "ts.list")}
     env.pop("GPUQ_REDIS_URL", None)
-    daemon = subprocess.Popen([gpuq, "daemon", "--simulate-gpus", "1x24GiB", "--grace", "1s"], env=env,
+    # --drain: its running blocker is stopped with it (a job outlives a plain SIGTERM by design, and its
+    # supervisor would go on retrying the removed Redis)
+    daemon = subprocess.Popen([gpuq, "daemon", "--simulate-gpus", "1x24GiB", "--grace", "1s", "--drain"], env=env,
                               stdout=open(base / "daemon.log", "wb"), stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 60

@@ -52,7 +52,8 @@ class GpuqUnderTest:
         (self.home / "config.toml").write_text("[scheduler]\nmax_pending = 1000000\n")
         env = {**os.environ, "GPUQ_HOME": str(self.home)}
         self.log = open(root / "daemon.log", "wb")
-        self.proc = subprocess.Popen([str(BIN / "gpuq"), "daemon", "--simulate-gpus", "1x24GiB", "--node", "bench"],
+        self.proc = subprocess.Popen([str(BIN / "gpuq"), "daemon", "--simulate-gpus", "1x24GiB", "--node", "bench",
+                                      "--drain"],  # its running jobs stop with it (they outlive a plain SIGTERM)
                                      env=env, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         self.client = Client(self.home / "gpuq.sock")
         deadline = time.monotonic() + 60

@@ -43,6 +43,9 @@ class DaemonConfig:
     log_cap_mib: int = 1024  # per job log; beyond it the oldest part is dropped with a note
     node_lost_s: float = 300.0  # a node silent this long has its started jobs requeued or failed
     drain: bool = False  # on SIGTERM stop (requeue) this node's jobs instead of leaving them running
+    # ---- jobs across nodes (--nodes): see docs/architecture.md ----
+    address: str = ""  # where other nodes' parts of a job reach this node ("" : the host name)
+    gang_start_s: float = 60.0  # every part of a job across nodes starts within this, or none does
     # ---- the door (API): see docs/security.md ----
     max_job_bytes: int = 64 * 1024  # argv + environment of one job
     retention_s: float = 30 * 86400.0  # finished jobs' records are deleted after this (accounting kept)
@@ -59,7 +62,7 @@ _KNOWN = {"redis_url", "simulate_gpus", "grace", "cycle", "probe_interval", "nod
           "spare_workers", "scheduler", "max_job_size", "retention", "min_free_space", "show_others_commands",
           "cpu_slots", "cgroups", "overuse", "overuse_grace", "log_cap", "node_lost_timeout", "drain",
           "keep_impossible_dependents", "metrics_port", "metrics_address", "dashboard_port", "dashboard_address",
-          "dashboard_commands"}
+          "dashboard_commands", "address", "gang_start_timeout"}
 
 
 def _policy_from(table: Mapping[str, Any]) -> PolicyConfig:
@@ -96,12 +99,12 @@ def load_config(
     cfg = DaemonConfig(home=home, node=socket.gethostname().split(".")[0])
     try:
         simple: dict[str, Any] = {}
-        for k in ("redis_url", "simulate_gpus", "node"):
+        for k in ("redis_url", "simulate_gpus", "node", "address"):
             if k in daemon:
                 simple[k] = str(daemon[k])
         for k, attr in (("grace", "grace_s"), ("cycle", "cycle_s"), ("probe_interval", "probe_interval_s"),
                         ("node_ttl", "node_ttl_s"), ("overuse_grace", "overuse_grace_s"),
-                        ("node_lost_timeout", "node_lost_s")):
+                        ("node_lost_timeout", "node_lost_s"), ("gang_start_timeout", "gang_start_s")):
             if k in daemon:
                 simple[attr] = parse_duration_s(str(daemon[k]), what=f"[daemon] {k}")
         for k in ("max_workers", "spare_workers", "cpu_slots"):
@@ -150,6 +153,8 @@ def load_config(
         cfg = replace(cfg, node=env["GPUQ_NODE"])
     if overrides:
         cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+    if not cfg.address:
+        cfg = replace(cfg, address=socket.gethostname())
     if cfg.grace_s < 0 or cfg.max_workers < 1 or cfg.spare_workers < 1 or cfg.cpu_slots < 0:
         raise ConfigError("grace must be zero or more, max_workers and spare_workers at least 1, cpu_slots not negative.")
     if cfg.cgroups not in ("auto", "v2", "v1", "off"):

@@ -41,6 +41,8 @@ class NodeSnapshot:
     containment: str = ""
     #: things gpuq warns about on this node (e.g. a job using more GPU memory than it reserved)
     warnings: tuple[str, ...] = ()
+    #: where the parts of a job across nodes reach this node (``[daemon] address``)
+    address: str = ""
 
 
 def snapshot_to_dict(s: NodeSnapshot) -> dict[str, Any]:
@@ -52,6 +54,7 @@ def snapshot_to_dict(s: NodeSnapshot) -> dict[str, Any]:
         "cpu_slots": s.cpu_slots,
         "containment": s.containment,
         "warnings": list(s.warnings),
+        "address": s.address,
         "gpus": [
             {
                 "index": g.index, "uuid": g.uuid, "name": g.name, "mem_total_mib": g.mem_total_mib,
@@ -73,6 +76,7 @@ def snapshot_from_dict(d: Mapping[str, Any]) -> NodeSnapshot:
         cpu_slots=None if d.get("cpu_slots") is None else int(d["cpu_slots"]),
         containment=str(d.get("containment", "")),
         warnings=tuple(str(w) for w in d.get("warnings", ())),
+        address=str(d.get("address", "")),
         gpus=tuple(
             GpuInfo(
                 index=int(g["index"]), uuid=g["uuid"], name=g.get("name", "?"),

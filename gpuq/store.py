@@ -255,7 +255,7 @@ class Store:
         """The jobs placed on ``node`` (read from a per-node index, not the whole queue)."""
         with _wrap("reading the node's jobs"):
             ids = _ids(self.r.smembers(keys.node_running(node)))
-        return [j for j in self.get_many(ids) if j.placement is not None and j.placement.node == node]
+        return [j for j in self.get_many(ids) if j.placement is not None and node in j.placement.nodes]
 
     def finished_jobs(self, limit: int = 200) -> list[Job]:
         with _wrap("reading finished jobs"):
@@ -403,7 +403,8 @@ class Store:
         with _wrap("recording GPU holds"):
             with self.r.pipeline(transaction=True) as pipe:
                 for h in holds:
-                    member = f"{h['job']}:{h['start']!r}"
+                    # one member per run (and per node: a job across nodes holds GPUs on each)
+                    member = f"{h['job']}:{h['start']!r}" + (f":{h['node']}" if "part" in h else "")
                     pipe.hset(keys.GPU_HOLDS, member, json.dumps(dict(h)))
                     pipe.zadd(keys.GPU_HOLDS_BY_END, {member: h["end"]})
                 old = self.r.zrangebyscore(keys.GPU_HOLDS_BY_END, "-inf", f"({keep_after}")
@@ -489,13 +490,12 @@ class Store:
                             pipe.srem(keys.user_queued(old.owner.uid), job_id)
                         elif is_queued and not was_queued:
                             pipe.sadd(keys.user_queued(new.owner.uid), job_id)
-                        old_node = old.placement.node if old.placement is not None else None
-                        new_node = new.placement.node if new.placement is not None else None
-                        if old_node != new_node:
-                            if old_node is not None:
-                                pipe.srem(keys.node_running(old_node), job_id)
-                            if new_node is not None:
-                                pipe.sadd(keys.node_running(new_node), job_id)
+                        old_nodes = set(old.placement.nodes) if old.placement is not None else set()
+                        new_nodes = set(new.placement.nodes) if new.placement is not None else set()
+                        for gone in old_nodes - new_nodes:  # a job across nodes is in each node's index
+                            pipe.srem(keys.node_running(gone), job_id)
+                        for came in new_nodes - old_nodes:
+                            pipe.sadd(keys.node_running(came), job_id)
                         if wake and (new.state is not old.state or new.stop_request != old.stop_request):
                             pipe.lpush(keys.WAKE, "update")
                         text = event(new) if callable(event) else event

@@ -109,6 +109,20 @@ def parse_fraction(text: str | float) -> float:
     return f
 
 
+def parse_cpus(text: str | float, lo: float, hi: float) -> float:
+    """``--cpus``: a number of CPUs, fractions allowed (``0.5``, ``2``, ``1.5``), from ``lo`` to ``hi``."""
+    try:
+        if len(str(text)) > _MAX_TEXT:
+            raise ValueError("too long")
+        n = float(text)
+    except (TypeError, ValueError):
+        raise InvalidInput(f"--cpus {_shown(text)} is not a number: give a number of CPUs like 4 or 0.5.") from None
+    if not lo <= n <= hi:  # NaN fails this too
+        raise InvalidInput(f"--cpus {_shown(text)} is out of range: give a number of CPUs from {lo:g} to {hi:g}, "
+                           "like 4 or 0.5.")
+    return n
+
+
 def format_mib(mib: float | None) -> str:
     if mib is None:
         return "-"

@@ -4,23 +4,36 @@ redis, rq or tensorflow, so it starts fast.
 Options come before the script: ``gpuq submit --gpus 2 train.py --lr 0.1`` (everything after the
 script is the script's).  An unknown option is an error that names the closest one.
 """
+# No `from __future__ import annotations` here: typer would compile and eval each annotation string
+# of the command it builds, at every start.
 
-from __future__ import annotations
+import gc
 
-import json
-import os
-import sys
-from pathlib import Path
-from typing import Any, List, Optional
+# Importing click and typer makes some hundred thousand objects that live as long as the process
+# and no garbage; the collector's passes over them were ~4% of a `gpuq status`.  So it is off while
+# they are made, they are frozen (never scanned again), and it is on before any command runs
+# (`gpuq daemon` runs for months in this process).
+gc.disable()
 
-import click
-import typer
+import copy  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any, List, Optional  # noqa: E402
 
-from gpuq import __version__
-from gpuq.cli.client import Client
-from gpuq.errors import GpuqError, InvalidInput
-from gpuq.paths import Paths, client_home
-from gpuq.units import parse_size_mib
+import click  # noqa: E402
+import typer  # noqa: E402
+
+from gpuq import __version__  # noqa: E402
+from gpuq.cli import sim_cmd  # noqa: E402
+from gpuq.cli.client import Client  # noqa: E402
+from gpuq.errors import GpuqError, InvalidInput  # noqa: E402
+from gpuq.paths import Paths, client_home  # noqa: E402
+from gpuq.units import parse_size_mib  # noqa: E402
+
+gc.freeze()
+gc.enable()
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
@@ -69,10 +82,16 @@ def submit(
     command: List[str] = typer.Argument(None, metavar="SCRIPT_OR_COMMAND [ARGS]...", show_default=False,
                                         help="train.py runs with the first python3 on your PATH; run.sh in this "
                                              "directory runs as ./run.sh; anything else runs as given."),
-    gpus: int = typer.Option(1, "--gpus", "-g", help="GPUs on one node (0 = CPU only)."),
+    gpus: int = typer.Option(1, "--gpus", "-g", help="GPUs on one node (0 = CPU only); with --nodes, on each node."),
+    nodes: int = typer.Option(1, "--nodes", "-N", help="run across this many nodes, --gpus whole GPUs on each "
+                              "(one process per node, with TF_CONFIG and MASTER_ADDR/RANK/WORLD_SIZE set)."),
     gpu_mem: Optional[str] = typer.Option(None, "--gpu-mem", "-m", help="memory per GPU, with a unit: 10GiB, 512MiB."),
     fraction: Optional[str] = typer.Option(None, "--fraction", help="share of each GPU, like 0.25 (instead of --gpu-mem)."),
     exclusive: bool = typer.Option(False, "--exclusive", help="no other job on its GPUs."),
+    mem: Optional[str] = typer.Option(None, "--mem", metavar="SIZE",
+                                      help="host memory limit, with a unit: 16GiB (over it the job is OOM-killed)."),
+    cpus: Optional[str] = typer.Option(None, "--cpus", metavar="N",
+                                       help="CPU limit, fractions allowed: 4, 0.5 (a quota, not pinned cores)."),
     name: Optional[str] = typer.Option(None, "--name", "-n", help="a name shown in status (default: the script's)."),
     priority: int = typer.Option(0, "--priority", "-p",
                                  help="order among your own jobs: negative lets others of yours go first "
@@ -111,15 +130,20 @@ def submit(
                            "or --from FILE.")
     if commands is not None and command:
         raise InvalidInput("--from FILE gives the commands: leave the command off the line.")
-    if gpu_mem:
-        parse_size_mib(gpu_mem, what="--gpu-mem")  # a mistake is reported before anything is sent
+    for size, what in ((gpu_mem, "--gpu-mem"), (mem, "--mem")):
+        if size:
+            parse_size_mib(size, what=what)  # a mistake is reported before anything is sent
     body = {
-        "argv": command or commands[0], "cwd": os.getcwd(), "env": dict(os.environ), "gpus": gpus,
+        "argv": command or commands[0], "cwd": os.getcwd(), "env": dict(os.environ), "gpus": gpus, "nodes": nodes,
         "gpu_mem": gpu_mem, "fraction": fraction, "exclusive": exclusive, "name": name, "priority": priority,
         "after": submit_parts.id_list(after), "after_any": submit_parts.id_list(after_any),
         "after_notok": submit_parts.id_list(after_notok), "time_limit": time_limit,
         "checkpointable": checkpointable, "notify": submit_parts.notify_command(notify),
     }
+    if mem is not None:
+        body["mem"] = mem
+    if cpus is not None:
+        body["cpus"] = cpus
     if array is not None:
         body["array"] = array
     if commands is not None:
@@ -290,6 +314,8 @@ def daemon(
                                           help="config file (default /etc/gpuq/config.toml for the system daemon, "
                                                "else $GPUQ_HOME/config.toml)."),
     node: Optional[str] = typer.Option(None, "--node", help="this node's name (default: host name)."),
+    address: Optional[str] = typer.Option(None, "--address", help="where the parts of a job across nodes reach "
+                                          "this node (default: host name)."),
     grace: Optional[str] = typer.Option(None, "--grace", help="SIGTERM -> SIGKILL grace for stopping jobs (30s)."),
     drain: bool = typer.Option(False, "--drain", help="on SIGTERM stop this node's jobs (back to the queue) "
                                "instead of leaving them running for the next daemon to adopt."),
@@ -309,7 +335,7 @@ def daemon(
                            "`sudo bash scripts/install.sh`); to run a queue of your own, give --personal.")
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    overrides: dict[str, Any] = {"simulate_gpus": simulate_gpus, "redis_url": redis_url, "node": node,
+    overrides: dict[str, Any] = {"simulate_gpus": simulate_gpus, "redis_url": redis_url, "node": node, "address": address,
                                  "drain": True if drain else None}
     if grace is not None:
         overrides["grace_s"] = 0.0 if grace.strip() in ("0", "0s") else parse_duration_s(grace, what="--grace")
@@ -317,15 +343,7 @@ def daemon(
     raise typer.Exit(Daemon(cfg).run())
 
 
-def _register_optional() -> None:
-    try:
-        from gpuq.cli import sim_cmd
-    except ImportError:
-        return
-    app.command("sim")(sim_cmd.sim)
-
-
-_register_optional()
+app.command("sim")(sim_cmd.sim)
 
 
 def _usage_error(e: click.UsageError) -> str:
@@ -337,14 +355,41 @@ def _usage_error(e: click.UsageError) -> str:
         close = difflib.get_close_matches(e.option_name, sorted(e.possibilities or []), n=1, cutoff=0.5)
         hint = f"; did you mean {close[0]}?" if close else f"; see `{cmd} --help`."
         return f"{cmd}: no such option {e.option_name}{hint}"
-    return f"{cmd}: {e.format_message()} (see `{cmd} --help`)."
+    sentences: list[str] = []  # click and typer each add "Did you mean 'status'?" to an unknown command
+    for s in e.format_message().replace(". ", ".\n").replace("? ", "?\n").splitlines():
+        if s not in sentences:
+            sentences.append(s)
+    where = "" if cmd == "gpuq" else f"{cmd}: "  # main() already says "gpuq: "
+    return f"{where}{' '.join(sentences)} (see `{cmd} --help`)."
+
+
+def _command_for(args: list[str]) -> click.Command:
+    """The click command for this invocation.  typer turns every registered function into click
+    objects, reading each signature, before it parses anything; building only the subcommand named
+    first saves most of that (a few ms of every `gpuq status`).  Top-level help, ``--version`` and an
+    unknown command (whose error names the closest one) get the whole app."""
+    first = args[0] if args else ""
+    chosen = [c for c in app.registered_commands
+              if (c.name or typer.main.get_command_name(c.callback.__name__)) == first]  # type: ignore[union-attr]
+    if len(chosen) != 1:
+        return typer.main.get_command(app)
+    one = copy.copy(app)
+    one.registered_commands = chosen
+    return typer.main.get_command(one)
 
 
 def main() -> None:
     try:
-        command = typer.main.get_command(app)
-        rc = command.main(args=sys.argv[1:], prog_name="gpuq", standalone_mode=False)
+        args = sys.argv[1:]
+        gc.disable()  # building the command: many objects for the whole run, no garbage (see the imports)
+        command = _command_for(args)
+        gc.freeze()
+        gc.enable()
+        rc = command.main(args=args, prog_name="gpuq", standalone_mode=False)
         sys.exit(rc if isinstance(rc, int) else 0)
+    except click.exceptions.NoArgsIsHelpError as e:  # `gpuq` alone, or a group without its command: the help
+        typer.echo(e.format_message(), err=True)
+        sys.exit(2)
     except click.UsageError as e:
         typer.echo(f"gpuq: {_usage_error(e)}", err=True)
         sys.exit(2)

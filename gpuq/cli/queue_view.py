@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Sequence
 
-from gpuq.cli.render import job_note, safe, table
+from gpuq.cli.render import job_note, parts_text, safe, table
 from gpuq.units import format_duration, format_mib
 
 STATES = ("pending", "held", "running", "completed", "failed", "cancelled", "timeout")
@@ -56,6 +56,8 @@ def where(job: dict[str, Any], multi_node: bool) -> str:
     p = job.get("placement")
     if job["state"] != "running" or not p:
         return "-"
+    if p.get("parts"):
+        return parts_text(p)
     gpus = ",".join(str(i) for i in p.get("gpu_indices", [])) or "cpu"
     return f"{p['node']}:{gpus}" if multi_node else gpus
 
@@ -108,8 +110,19 @@ def m_id(job: dict[str, Any]) -> str:
 HEADERS = ["ID", "NAME", "USER", "STATE", "GPUS", "ON", "MEM/GPU", "ELAPSED", "REASON / PROGRESS"]
 
 
-def jobs_table(jobs: Sequence[dict[str, Any]], multi_node: bool = False, expand: bool = False) -> str:
-    """The queue, one line per job, or per array unless ``expand``."""
+def _summary_row(s: dict[str, Any]) -> list[str]:
+    """Another user's waiting jobs that the bounded view does not list, as one line."""
+    n = int(s.get("pending", 0)) + int(s.get("held", 0))
+    state = ", ".join(f"{s[k]} {k}" for k in ("pending", "held") if s.get(k))
+    user = safe(s.get("user", "?"))
+    return [f"{s.get('first_id', '?')}-{s.get('last_id', '?')}", f"({n} jobs)", user, state, str(s.get("gpus", "?")),
+            "-", "-", "-", f"not listed: gpuq status --user {user}"]
+
+
+def jobs_table(jobs: Sequence[dict[str, Any]], multi_node: bool = False, expand: bool = False,
+               others_waiting: Sequence[dict[str, Any]] = ()) -> str:
+    """The queue, one line per job, or per array unless ``expand``; then one line per other user
+    whose waiting jobs the daemon summed up (``others_waiting``, the bounded view)."""
     rows: list[list[str]] = []
     arrays: dict[int, list[dict[str, Any]]] = {}
     order: list[tuple[str, Any]] = []
@@ -131,6 +144,7 @@ def jobs_table(jobs: Sequence[dict[str, Any]], multi_node: bool = False, expand:
             rows.append(_job_row(item, multi_node, label=f"{item['id']} ({m_id(item)})"))
         else:
             rows.append(_array_row(arrays[item], multi_node))
+    rows += [_summary_row(s) for s in others_waiting]
     if not rows:
         return "No jobs."
     return table(HEADERS, rows)

@@ -54,6 +54,17 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
+def parts_text(p: dict[str, Any]) -> str:
+    """A job across nodes on one line, each node with its GPUs, rank 0 first: ``a:0,1+b:0,1``."""
+    indices = [str(i) for i in p.get("gpu_indices", [])]
+    out, at = [], 0
+    for part in p.get("parts") or []:
+        n = int(part.get("gpus", 0))
+        out.append(f"{part.get('node', '?')}:{','.join(indices[at:at + n])}")
+        at += n
+    return "+".join(out)
+
+
 def bar(frac: float, width: int = 10) -> str:
     frac = min(max(frac, 0.0), 1.0)
     full = int(round(frac * width))
@@ -143,6 +154,12 @@ def _ts(t: Any) -> str:
         return "-"
 
 
+def _host_limits(r: dict[str, Any]) -> str:
+    """``--mem`` and ``--cpus`` as the request line shows them ("" when not asked for)."""
+    mem, cpus = _number(r.get("host_mem_mib")), _number(r.get("cpus"))
+    return (f", host memory limit {format_mib(mem)}" if mem else "") + (f", CPU limit {cpus:g}" if cpus else "")
+
+
 def job_detail(j: dict[str, Any]) -> str:
     n_gpus, mem = _request(j)
     spec = j["spec"]
@@ -152,7 +169,8 @@ def job_detail(j: dict[str, Any]) -> str:
         f"  user:        {safe(j['owner']['user'])} (uid {j['owner']['uid']})",
         f"  command:     {safe(' '.join(spec['argv'])) if spec.get('argv') else '(hidden)'}",
         f"  cwd:         {safe(spec['cwd']) if spec.get('cwd') else '(hidden)'}",
-        f"  request:     {n_gpus} GPU(s), memory {mem}" + (", checkpointable" if spec.get("checkpointable") else ""),
+        f"  request:     {n_gpus} GPU(s), memory {mem}" + _host_limits(spec.get("resources") or {})
+        + (", checkpointable" if spec.get("checkpointable") else ""),
         f"  priority:    {spec.get('priority', 0)}",
     ]
     if spec.get("after"):
@@ -161,7 +179,12 @@ def job_detail(j: dict[str, Any]) -> str:
         lines.append(f"  time limit:  {format_duration(spec['time_limit_s'])}")
     lines.append(f"  submitted:   {_ts(j.get('submitted_at'))}")
     p = j.get("placement")
-    if p:
+    if p and p.get("parts"):
+        lines.append(safe(f"  placement:   {len(p['parts'])} nodes, one process each (rank 0 first): "
+                          f"{parts_text(p)}; port {p.get('port')}"))
+        lines.append(f"  started:     {_ts(j.get('started_at'))}" + (f", rank 0 pid {j['pid']}" if j.get("pid") else "")
+                     + (f"; parts claimed: {', '.join(j.get('gang_ready', []))}" if not j.get("started_at") else ""))
+    elif p:
         lines.append(safe(f"  placement:   node {p['node']}, GPUs {','.join(str(i) for i in p['gpu_indices']) or '-'}"
                           f" ({', '.join(p['gpu_uuids']) or 'CPU only'})"))
         lines.append(f"  started:     {_ts(j.get('started_at'))}" + (f", pid {j['pid']}" if j.get("pid") else ""))
@@ -191,7 +214,8 @@ def notices(status: dict[str, Any]) -> str:
     over-use), or "" when there is nothing to say."""
     lines = [f"Warning: {safe(w)}." for n in status.get("nodes") or [] for w in n.get("warnings") or []]
     lines += [f"Note: on {safe(n.get('node', '?'))} {safe(n['containment'])}." for n in status.get("nodes") or []
-              if str(n.get("containment", "")).startswith("cgroups unavailable")]
+              if str(n.get("containment", "")).startswith("cgroups unavailable")
+              or "not enforced here" in str(n.get("containment", ""))]
     aside = status.get("set_aside") or []
     if aside:
         ids = ", ".join(safe(r.get("id", "?")) for r in aside[:10]) + (" …" if len(aside) > 10 else "")

@@ -35,7 +35,15 @@ class Filters(NamedTuple):
         return cls(who or None, states, all_ or bool(states and states & TERMINAL))
 
 
-def _status(client: Client, f: Filters) -> dict[str, Any]:
+#: Another user's waiting jobs listed one by one in the default view; more are one summary line.
+OTHERS_LISTED = 10
+
+
+def _status(client: Client, f: Filters, brief: bool = False) -> dict[str, Any]:
+    """The daemon's status.  ``brief`` (plain `gpuq status`, no filter): the bounded view, in which
+    the waiting jobs of another user who has more than OTHERS_LISTED are one summary line."""
+    if brief and f == Filters(None, None, False):
+        return client.call("GET", f"/v1/status?others={OTHERS_LISTED}")
     st = client.call("GET", "/v1/status" + ("?all=1" if f.finished else ""))
     st["jobs"] = queue_view.select(st["jobs"], f.users, f.states)
     return st
@@ -48,9 +56,9 @@ def queue_json(client: Client, f: Filters) -> dict[str, Any]:
 def queue_text(client: Client, f: Filters, expand: bool) -> str:
     from gpuq.cli.render import gpus_table, notices
 
-    st = _status(client, f)
-    text = queue_view.jobs_table(st["jobs"], multi_node=len(st["nodes"]) > 1, expand=expand) + "\n\n" + \
-        gpus_table(st["nodes"])
+    st = _status(client, f, brief=True)
+    text = queue_view.jobs_table(st["jobs"], multi_node=len(st["nodes"]) > 1, expand=expand,
+                                 others_waiting=st.get("others_waiting") or ()) + "\n\n" + gpus_table(st["nodes"])
     return text + ("\n\n" + notices(st) if notices(st) else "")
 
 

@@ -240,7 +240,8 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._send_json(200, {"ok": True, "pid": os.getpid()})
             if method == "GET" and route == ["status"]:
                 q = schema.parse_status_query(query)
-                return self._send_json(200, svc.status(caller, include_finished=q.include_finished))
+                return self._send_json(200, svc.status(caller, include_finished=q.include_finished,
+                                                          others_per_user=q.others_per_user))
             if method == "GET" and route == ["usage"]:
                 return self._send_json(200, svc.usage(caller))
             if method == "POST" and route == ["jobs", "lookup"]:

@@ -88,9 +88,16 @@ def dashboard_data(store: Store, cfg: DaemonConfig, now: float) -> dict[str, Any
 
 def sample_holds(store: Store, node: str, now: float) -> None:
     """Record who holds which GPU on this node right now (the timeline's raw data)."""
-    holds = [{"job": j.id, "user": j.owner.user, "node": node, "gpus": list(j.placement.gpu_indices),
-              "name": j.display_name, "start": j.started_at, "end": now}
-             for j in store.running_on(node) if j.started_at is not None and j.placement and j.placement.gpu_uuids]
+    holds = []
+    for j in store.running_on(node):
+        p = j.placement
+        if j.started_at is None or p is None or not p.gpu_uuids:
+            continue
+        rank = p.rank_of(node) if p.is_gang else None  # a job across nodes: this node's part only
+        mine = p if rank is None else p.part(rank)
+        holds.append({"job": j.id, "user": j.owner.user, "node": node, "gpus": list(mine.gpu_indices),
+                      "name": j.display_name, "start": j.started_at, "end": now,
+                      **({} if rank is None else {"part": rank})})
     store.record_gpu_holds(holds, keep_after=now - TIMELINE_S)
 
 

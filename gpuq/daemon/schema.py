@@ -13,9 +13,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
+from gpuq.daemon.brief import MAX_PER_USER
 from gpuq.errors import InvalidInput
-from gpuq.jobs.model import MIN_GPU_MEM_MIB
-from gpuq.units import parse_duration_s, parse_fraction, parse_size_mib
+from gpuq.jobs.model import MAX_CPUS, MIN_CPUS, MIN_GPU_MEM_MIB, MIN_HOST_MEM_MIB
+from gpuq.units import parse_cpus, parse_duration_s, parse_fraction, parse_size_mib
 
 #: A request body larger than this is refused before it is parsed.
 MAX_BODY_BYTES = 1024 * 1024
@@ -29,6 +30,7 @@ MAX_OPTION_CHARS = 64  # sizes, durations, fractions as text
 MAX_IDS = 1000
 MAX_JOB_ID = 2**53  # ids are INCR counters; anything larger is not one
 MAX_GPUS = 1024
+MAX_NODES = 64  # nodes one job may span
 PRIORITY_RANGE = (-1000, 1000)
 MAX_LOG_OFFSET = 2**62
 
@@ -145,7 +147,8 @@ class SubmitRequest:
     argv: tuple[str, ...]
     cwd: str
     env: Mapping[str, str] = field(default_factory=dict)
-    gpus: int = 1
+    gpus: int = 1  # per node
+    nodes: int = 1  # > 1: a job across nodes, ``gpus`` whole GPUs on each
     gpu_mem_mib: int | None = None
     fraction: float | None = None
     exclusive: bool = False
@@ -159,12 +162,15 @@ class SubmitRequest:
     array: str | None = None  # "0-99%8" (gpuq/daemon/arrays.py parses it)
     commands: tuple[tuple[str, ...], ...] | None = None  # --from FILE: one argv per element
     notify: str = ""  # --notify CMD
+    host_mem_mib: int | None = None  # --mem: the job's cgroup memory limit
+    cpus: float | None = None  # --cpus: the job's cgroup CPU quota
     #: what the daemon changed about the request and tells the user (e.g. a rounded-up memory size)
     notes: tuple[str, ...] = ()
 
 
-SUBMIT_FIELDS = ("argv", "cwd", "env", "gpus", "gpu_mem", "fraction", "exclusive", "name", "priority", "after",
-                 "time_limit", "checkpointable", "after_any", "after_notok", "array", "commands", "notify")
+SUBMIT_FIELDS = ("argv", "cwd", "env", "gpus", "nodes", "gpu_mem", "fraction", "exclusive", "name", "priority",
+                 "after", "time_limit", "checkpointable", "after_any", "after_notok", "array", "commands", "notify",
+                 "mem", "cpus")
 MAX_ARRAY_JOBS = 10_000
 MAX_NOTIFY_BYTES = 4096
 
@@ -236,6 +242,16 @@ def parse_submit(body: Any, max_job_bytes: int = DEFAULT_MAX_JOB_BYTES) -> Submi
     gpus = 1 if _optional(body, "gpus") is None else check_int(body["gpus"], "--gpus", -MAX_GPUS, MAX_GPUS)
     if gpus < 0:
         raise InvalidInput(f"--gpus {gpus} is negative: give 0 for a CPU-only job or a positive count.")
+    nodes = 1 if _optional(body, "nodes") is None else check_int(body["nodes"], "--nodes", -MAX_NODES, MAX_NODES)
+    if nodes < 1:
+        raise InvalidInput(f"--nodes {nodes} is less than 1: give the number of nodes the job runs on, like 2.")
+    if nodes > 1 and gpus == 0:
+        raise InvalidInput("--nodes needs --gpus of 1 or more: the GPUs the job takes on each node.")
+    if nodes > 1 and (_optional(body, "gpu_mem") is not None or _optional(body, "fraction") is not None):
+        raise InvalidInput("--nodes takes whole GPUs on each node: leave out --gpu-mem and --fraction.")
+    if gpus * nodes > MAX_GPUS:
+        raise InvalidInput(f"--nodes {nodes} with --gpus {gpus} asks for {gpus * nodes} GPUs, more than the "
+                           f"{MAX_GPUS} a job may have: ask for fewer.")
     mem_mib = None
     if _optional(body, "gpu_mem") is not None:
         text = _option_text(body["gpu_mem"], "--gpu-mem", "10GiB")
@@ -243,6 +259,16 @@ def parse_submit(body: Any, max_job_bytes: int = DEFAULT_MAX_JOB_BYTES) -> Submi
         if mem_mib < MIN_GPU_MEM_MIB:
             notes.append(f"--gpu-mem {text} was rounded up to the smallest reservation, {MIN_GPU_MEM_MIB} MiB.")
             mem_mib = MIN_GPU_MEM_MIB
+    host_mem_mib = None
+    if _optional(body, "mem") is not None:
+        text = _option_text(body["mem"], "--mem", "16GiB")
+        host_mem_mib = parse_size_mib(text, what="--mem")
+        if host_mem_mib < MIN_HOST_MEM_MIB:
+            raise InvalidInput(f"--mem {_clip(text)} is too little to run any program: give at least "
+                               f"{MIN_HOST_MEM_MIB}MiB, like 4GiB.")
+    cpus = None
+    if _optional(body, "cpus") is not None:
+        cpus = parse_cpus(_option_text(body["cpus"], "--cpus", "4 or 0.5"), MIN_CPUS, MAX_CPUS)
     fraction = None
     if _optional(body, "fraction") is not None:
         fraction = parse_fraction(_option_text(body["fraction"], "--fraction", "0.25"))
@@ -260,13 +286,14 @@ def parse_submit(body: Any, max_job_bytes: int = DEFAULT_MAX_JOB_BYTES) -> Submi
     if len(name) > MAX_NAME_CHARS:
         raise InvalidInput(f"--name is longer than {MAX_NAME_CHARS} characters: give a shorter name.")
     return SubmitRequest(
-        argv=argv, cwd=cwd, env=env, gpus=gpus, gpu_mem_mib=mem_mib, fraction=fraction,
+        argv=argv, cwd=cwd, env=env, gpus=gpus, nodes=nodes, gpu_mem_mib=mem_mib, fraction=fraction,
         exclusive=False if body.get("exclusive") is None else check_bool(body["exclusive"], "--exclusive"),
         name=name,
         priority=0 if _optional(body, "priority") is None else check_int(body["priority"], "--priority",
                                                                           *PRIORITY_RANGE),
         after=after, time_limit_s=time_limit_s, after_any=_refs(body, "after_any", "--after-any"),
         after_notok=_refs(body, "after_notok", "--after-notok"), array=array, commands=commands, notify=notify.strip(),
+        host_mem_mib=host_mem_mib, cpus=cpus,
         checkpointable=False if body.get("checkpointable") is None else check_bool(body["checkpointable"],
                                                                                    "--checkpointable"),
         notes=tuple(notes),
@@ -315,17 +342,22 @@ def _refuse_unknown_query(query: Mapping[str, list[str]], known: Sequence[str]) 
 
 @dataclass(frozen=True)
 class StatusQuery:
-    """``GET /v1/status[?all=1]``."""
+    """``GET /v1/status[?all=1][&others=N]``.  ``others``: the bounded view (gpuq/daemon/brief.py),
+    another user's waiting jobs listed up to N, beyond that summed up; absent: every active job."""
 
     include_finished: bool = False
+    others_per_user: int | None = None
 
 
 def parse_status_query(query: Mapping[str, list[str]]) -> StatusQuery:
-    _refuse_unknown_query(query, ("all",))
+    _refuse_unknown_query(query, ("all", "others"))
     v = _query_value(query, "all")
     if v not in (None, "0", "1"):
         raise InvalidInput("all must be 0 or 1.")
-    return StatusQuery(include_finished=v == "1")
+    o = _query_value(query, "others")
+    if o is not None and not (o.isascii() and o.isdigit() and len(o) <= 4 and int(o) <= MAX_PER_USER):
+        raise InvalidInput(f"others must be a whole number from 0 to {MAX_PER_USER}.")
+    return StatusQuery(include_finished=v == "1", others_per_user=None if o is None else int(o))
 
 
 @dataclass(frozen=True)

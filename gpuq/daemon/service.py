@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 from gpuq.config import DaemonConfig
+from gpuq.daemon import brief
 from gpuq.daemon.arrays import PLACEHOLDER, expand_ids, member_ref, parse_array, substitute
 from gpuq.daemon.history import history as finished_history
 from gpuq.daemon.logtail import tail_offset
@@ -113,7 +114,9 @@ class Service:
         if req.priority > 0 and not caller.is_root:
             raise PermissionDenied(f"--priority {req.priority}: only root may raise a job's priority (it orders jobs "
                                    "across users); give 0 or a negative priority to let your other jobs go first.")
-        resources = Resources(gpus=req.gpus, mem_mib=req.gpu_mem_mib, fraction=req.fraction, exclusive=req.exclusive)
+        resources = Resources(gpus=req.gpus * req.nodes, mem_mib=req.gpu_mem_mib, fraction=req.fraction,
+                              exclusive=req.exclusive, host_mem_mib=req.host_mem_mib, cpus=req.cpus,
+                              nodes=req.nodes)  # gpus: in all, over every node
         self._check_free_space()
         per_element = req.commands is not None or (req.array is not None and PLACEHOLDER in req.argv[0])
         argv = req.argv if per_element else resolve_as(caller.uid, caller.gid, caller.groups, req.argv, req.cwd,
@@ -192,9 +195,14 @@ class Service:
             d["reason"] = "starting"
         return d
 
-    def status(self, caller: Caller, include_finished: bool = False) -> dict[str, Any]:
+    def status(self, caller: Caller, include_finished: bool = False, others_per_user: int | None = None
+               ) -> dict[str, Any]:
+        """The queue and the nodes.  ``others_per_user``: the bounded view (:mod:`gpuq.daemon.brief`)."""
         now = self.clock()
         jobs = self.store.active_jobs()
+        summaries: list[brief.WaitingSummary] = []
+        if others_per_user is not None:
+            jobs, summaries = brief.brief(jobs, caller.uid, others_per_user)
         if include_finished:
             jobs = sorted(jobs + self.store.finished_jobs(STATUS_FINISHED_SHOWN), key=lambda j: j.id)
         reasons = self.store.reasons()
@@ -217,6 +225,7 @@ class Service:
         return {
             "now": now,
             "jobs": public,
+            **({"others_waiting": [s.to_dict() for s in summaries]} if others_per_user is not None else {}),
             "nodes": node_dicts,
             "leader": self.store.leader(),
             "set_aside": self._set_aside(caller),

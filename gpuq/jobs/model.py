@@ -25,6 +25,13 @@ REQUEUE_EXIT_CODE = 75
 #: rounded up to it, so no job ever reserves 0 MiB.
 MIN_GPU_MEM_MIB = 256
 
+#: Host memory and CPU limits a job may ask for (``--mem``, ``--cpus``): limits its cgroup
+#: enforces, not reservations the scheduler counts.  Below these nothing useful can run (16 MiB),
+#: and the kernel's CPU quota has a floor of 1 ms per 100 ms period (0.01 of a CPU).
+MIN_HOST_MEM_MIB = 16
+MIN_CPUS = 0.01
+MAX_CPUS = 4096
+
 
 class JobState(str, Enum):
     PENDING = "pending"
@@ -73,16 +80,27 @@ class StopKind(str, Enum):
 @dataclass(frozen=True)
 class Resources:
     """What a job asks for.  ``mem_mib`` and ``fraction`` are per GPU and exclusive of each other;
-    with neither, the job takes whole GPUs."""
+    with neither, the job takes whole GPUs.  ``host_mem_mib`` and ``cpus`` (``--mem``, ``--cpus``)
+    are limits of the job's cgroup, not counted by the scheduler."""
 
-    gpus: int = 1
+    gpus: int = 1  # in all: with ``nodes`` > 1, ``gpus_per_node`` on each of ``nodes`` nodes
     mem_mib: int | None = None
     fraction: float | None = None
     exclusive: bool = False
+    host_mem_mib: int | None = None
+    cpus: float | None = None
+    nodes: int = 1  # > 1: a job across nodes (a gang), the same number of whole GPUs on each
 
     def __post_init__(self) -> None:
         if self.gpus < 0:
             raise InvalidInput(f"--gpus {self.gpus} is negative: give 0 for a CPU-only job or a positive count.")
+        if self.nodes < 1:
+            raise InvalidInput(f"--nodes {self.nodes} is less than 1: give 1 or more nodes.")
+        if self.nodes > 1:
+            if self.gpus == 0 or self.gpus % self.nodes:
+                raise InvalidInput("--nodes needs --gpus of 1 or more: the GPUs each node gives the job.")
+            if self.mem_mib is not None or self.fraction is not None:
+                raise InvalidInput("--nodes takes whole GPUs: leave out --gpu-mem and --fraction.")
         if self.mem_mib is not None and self.fraction is not None:
             raise InvalidInput("--gpu-mem and --fraction both set the memory per GPU: give only one of them.")
         if self.mem_mib is not None and self.mem_mib <= 0:
@@ -91,6 +109,16 @@ class Resources:
             raise InvalidInput("--fraction must be above 0 and at most 1, like 0.25.")
         if self.gpus == 0 and (self.mem_mib is not None or self.fraction is not None or self.exclusive):
             raise InvalidInput("--gpu-mem, --fraction and --exclusive need --gpus of 1 or more.")
+        if self.host_mem_mib is not None and self.host_mem_mib < MIN_HOST_MEM_MIB:
+            raise InvalidInput(f"--mem {self.host_mem_mib} MiB is too little to run any program: give at least "
+                               f"{MIN_HOST_MEM_MIB}MiB, like 4GiB.")
+        if self.cpus is not None and not (MIN_CPUS <= self.cpus <= MAX_CPUS):
+            raise InvalidInput(f"--cpus {self.cpus:g} is out of range: give a number of CPUs from {MIN_CPUS:g} "
+                               f"to {MAX_CPUS}, like 4 or 0.5.")
+
+    @property
+    def gpus_per_node(self) -> int:
+        return self.gpus // self.nodes
 
     @property
     def whole_gpus(self) -> bool:
@@ -162,8 +190,19 @@ class JobSpec:
 
 
 @dataclass(frozen=True)
+class Part:
+    """One node's part of a job across nodes.  Parts are in rank order (rank 0 first); a part's
+    GPUs are the next ``gpus`` entries of the placement's per-GPU tuples."""
+
+    node: str
+    address: str  # where the other parts reach this one (the node's advertised address)
+    gpus: int
+
+
+@dataclass(frozen=True)
 class Placement:
-    """Where a running job was put: one node, one entry per GPU."""
+    """Where a running job was put: one entry per GPU, on one node, or for a job across nodes
+    on each of its ``parts`` (then ``node`` is their names joined by ``+``, as in the simulator)."""
 
     node: str
     gpu_uuids: tuple[str, ...] = ()
@@ -171,6 +210,41 @@ class Placement:
     reserved_mib: tuple[int, ...] = ()  # memory held on each GPU for scheduling
     limit_mib: tuple[int | None, ...] = ()  # framework memory limit on each GPU (None: allow growth)
     gpu_total_mib: tuple[int, ...] = ()
+    parts: tuple[Part, ...] = ()  # a job across nodes only
+    port: int | None = None  # a job across nodes only: chosen per run (MASTER_PORT; TF workers use the next ones)
+
+    @property
+    def is_gang(self) -> bool:
+        return len(self.parts) > 1
+
+    @property
+    def nodes(self) -> tuple[str, ...]:
+        """Every node the job runs on, rank 0 first."""
+        return tuple(p.node for p in self.parts) if self.parts else (self.node,)
+
+    def rank_of(self, node: str) -> int | None:
+        nodes = self.nodes
+        return nodes.index(node) if node in nodes else None
+
+    def part(self, rank: int) -> "Placement":
+        """The one-node view of part ``rank``: its node and its GPUs only."""
+        if not self.parts:
+            return self
+        start = sum(p.gpus for p in self.parts[:rank])
+        end = start + self.parts[rank].gpus
+        return Placement(node=self.parts[rank].node, gpu_uuids=self.gpu_uuids[start:end],
+                         gpu_indices=self.gpu_indices[start:end], reserved_mib=self.reserved_mib[start:end],
+                         limit_mib=self.limit_mib[start:end], gpu_total_mib=self.gpu_total_mib[start:end])
+
+
+@dataclass(frozen=True)
+class PartEnd:
+    """How the first part of a job across nodes that ended other than by exiting 0 ended: the
+    state (and exit code, reason) the whole job ends in once its last part has ended."""
+
+    state: JobState
+    exit_code: int | None
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -204,6 +278,9 @@ class Job:
     pid: int | None = None
     stop_request: StopRequest | None = None
     progress: Progress | None = None
+    gang_ready: tuple[str, ...] = ()  # a job across nodes: the nodes whose part was claimed (the start barrier)
+    gang_done: tuple[str, ...] = ()  # a job across nodes: the nodes whose part has ended (the others still run)
+    gang_end: PartEnd | None = None  # a job across nodes: how it ends once its last part ended (None: completed)
     # terminal only
     ended_at: float | None = None
     exit_code: int | None = None
@@ -218,6 +295,7 @@ class Job:
         running_only = {
             "placement": self.placement, "placed_at": self.placed_at, "started_at": self.started_at,
             "pid": self.pid, "stop_request": self.stop_request, "progress": self.progress,
+            "gang_ready": self.gang_ready or None, "gang_done": self.gang_done or None, "gang_end": self.gang_end,
         }
         if self.state is JobState.RUNNING:
             if self.placement is None or self.placed_at is None:
@@ -248,7 +326,7 @@ class Job:
         base: dict[str, Any] = {}
         if to is not JobState.RUNNING:
             base.update(placement=None, placed_at=None, started_at=None, pid=None,
-                        stop_request=None, progress=None)
+                        stop_request=None, progress=None, gang_ready=(), gang_done=(), gang_end=None)
         base.update(changes)
         return dataclasses.replace(self, state=to, **base)
 
@@ -292,7 +370,8 @@ def job_to_dict(job: Job, with_env: bool = True) -> dict[str, Any]:
             "array": None if spec.array is None else _drop_none(dataclasses.asdict(spec.array)),
             "notify": spec.notify or None,
             "resources": _drop_none({"gpus": r.gpus, "mem_mib": r.mem_mib, "fraction": r.fraction,
-                                     "exclusive": r.exclusive}),
+                                     "exclusive": r.exclusive, "host_mem_mib": r.host_mem_mib, "cpus": r.cpus,
+                                     "nodes": r.nodes if r.nodes > 1 else None}),
         }),
         "requeues": job.requeues,
         "attained_gpu_s": job.attained_gpu_s,
@@ -308,6 +387,15 @@ def job_to_dict(job: Job, with_env: bool = True) -> dict[str, Any]:
         out["placement"] = {"node": p.node, "gpu_uuids": list(p.gpu_uuids), "gpu_indices": list(p.gpu_indices),
                             "reserved_mib": list(p.reserved_mib), "limit_mib": list(p.limit_mib),
                             "gpu_total_mib": list(p.gpu_total_mib)}
+        if p.parts:
+            out["placement"]["parts"] = [{"node": x.node, "address": x.address, "gpus": x.gpus} for x in p.parts]
+            out["placement"]["port"] = p.port
+    for k in ("gang_ready", "gang_done"):
+        if getattr(job, k):
+            out[k] = list(getattr(job, k))
+    if job.gang_end is not None:
+        out["gang_end"] = _drop_none({"state": job.gang_end.state.value, "exit_code": job.gang_end.exit_code,
+                                      "reason": job.gang_end.reason})
     if job.stop_request is not None:
         out["stop_request"] = {"kind": job.stop_request.kind.value, "at": job.stop_request.at,
                                "by": job.stop_request.by}
@@ -379,6 +467,18 @@ def job_from_dict(d: Mapping[str, Any]) -> Job:
         raise BadRecord(f"{type(e).__name__}: {e}") from e
 
 
+def _check_parts(p: Placement) -> Placement:
+    """A placement across nodes must be whole: its parts cover its GPUs, on distinct nodes, with a port."""
+    if p.parts:
+        if sum(x.gpus for x in p.parts) != len(p.gpu_uuids) or any(x.gpus < 0 for x in p.parts):
+            raise BadRecord("placement.parts do not cover the placement's GPUs")
+        if len({x.node for x in p.parts}) != len(p.parts):
+            raise BadRecord("placement.parts name a node twice")
+        if p.port is None or not 0 < p.port < 65536 - len(p.parts):
+            raise BadRecord("placement.port is missing or not a port")
+    return p
+
+
 def _job_from_dict(d: Mapping[str, Any]) -> Job:
     version = _int(d.get("v", 1), "v")
     if version > SCHEMA_VERSION:
@@ -418,16 +518,28 @@ def _job_from_dict(d: Mapping[str, Any]) -> Job:
             notify=_str(s.get("notify", ""), "spec.notify"),
             resources=Resources(gpus=_int(r.get("gpus", 1), "gpus"), mem_mib=_opt_int(r.get("mem_mib"), "mem_mib"),
                                 fraction=_opt_num(r.get("fraction"), "fraction"),
-                                exclusive=bool(r.get("exclusive", False))),
+                                exclusive=bool(r.get("exclusive", False)),
+                                host_mem_mib=_opt_int(r.get("host_mem_mib"), "host_mem_mib"),
+                                cpus=_opt_num(r.get("cpus"), "cpus"), nodes=_int(r.get("nodes", 1), "nodes")),
         ),
-        placement=None if p is None else Placement(
+        placement=None if p is None else _check_parts(Placement(
             node=_str(_obj(p, "placement")["node"], "placement.node"),
             gpu_uuids=_strs(p.get("gpu_uuids", ()), "placement.gpu_uuids"),
             gpu_indices=tuple(_int(i, "placement.gpu_indices") for i in p.get("gpu_indices", ())),
             reserved_mib=tuple(_int(i, "placement.reserved_mib") for i in p.get("reserved_mib", ())),
             limit_mib=tuple(_opt_int(i, "placement.limit_mib") for i in p.get("limit_mib", ())),
             gpu_total_mib=tuple(_int(i, "placement.gpu_total_mib") for i in p.get("gpu_total_mib", ())),
-        ),
+            parts=tuple(Part(node=_str(_obj(x, "placement.parts")["node"], "placement.parts.node"),
+                             address=_str(x.get("address", ""), "placement.parts.address"),
+                             gpus=_int(x["gpus"], "placement.parts.gpus")) for x in p.get("parts", ())),
+            port=_opt_int(p.get("port"), "placement.port"),
+        )),
+        gang_ready=_strs(d.get("gang_ready", ()), "gang_ready"),
+        gang_done=_strs(d.get("gang_done", ()), "gang_done"),
+        gang_end=None if d.get("gang_end") is None else PartEnd(
+            state=JobState(_obj(d["gang_end"], "gang_end")["state"]),
+            exit_code=_opt_int(d["gang_end"].get("exit_code"), "gang_end.exit_code"),
+            reason=_str(d["gang_end"].get("reason", ""), "gang_end.reason")),
         placed_at=_opt_num(d.get("placed_at"), "placed_at"),
         started_at=_opt_num(d.get("started_at"), "started_at"),
         pid=_opt_int(d.get("pid"), "pid"),

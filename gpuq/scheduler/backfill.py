@@ -30,7 +30,7 @@ def hold_for_head(cluster: Cluster, job_id: int, res: Resources, now: float, gan
     """Hold GPUs for head job ``job_id``; None if no node could ever fit it."""
     g = max(res.gpus, 1)
     t = cluster.t
-    if gang and g > t.max_node_gpus:
+    if (gang and g > t.max_node_gpus) or res.nodes > 1:
         groups = [list(range(len(t.gpu)))]  # a gang may use GPUs of any node
     else:
         groups = t.node_slots

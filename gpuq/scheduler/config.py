@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
-from gpuq.errors import ConfigError, SubmitLimitExceeded
+from gpuq.errors import ConfigError
 
 POLICIES = ("fifo", "sjf", "srtf", "default", "fairshare", "las")
 PREEMPTION_MODES = ("off", "checkpointable")
@@ -246,15 +246,3 @@ def _limits(v: Any, who: str) -> UserLimits:
         out[k] = x
     return UserLimits(**out)
 
-
-def check_submit_limits(user: str, pending_count: int, config: PolicyConfig) -> None:
-    """Raise :class:`SubmitLimitExceeded` when ``user`` already has their most pending jobs.
-
-    ``pending_count`` is the number of the user's jobs now pending or held (before this one).
-    """
-    limit = config.limits_for(user).max_pending
-    if limit is not None and pending_count >= limit:
-        raise SubmitLimitExceeded(
-            f"you already have {pending_count} jobs waiting and the limit is {limit}: "
-            f"wait for some to start, or cancel some."
-        )

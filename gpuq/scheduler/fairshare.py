@@ -113,7 +113,7 @@ def share_states(
     """
     total_usage = sum(v for v in usage_gpu_s.values() if v > 0)
     shares = {u: shares_for(u, g) for u, g in active.items()}
-    total_share = sum(shares.values()) or 1.0
+    total_share = math.fsum(shares.values()) or 1.0  # exact: the same whatever the users' order
     out: dict[str, ShareState] = {}
     for u, s in shares.items():
         used = max(0.0, usage_gpu_s.get(u, 0.0))

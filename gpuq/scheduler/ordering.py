@@ -24,7 +24,7 @@ import math
 from typing import Callable, Iterable, Iterator, Mapping
 
 from gpuq import accounting
-from gpuq.jobs.model import Job
+from gpuq.jobs.model import Job, JobState
 from gpuq.scheduler.config import PolicyConfig
 from gpuq.scheduler.placement import Shape, shape_of
 
@@ -50,9 +50,13 @@ def static_key_fn(config: PolicyConfig) -> Callable[[Job], tuple]:
         return lambda j: (-j.spec.priority, _time_left_waiting(j), j.submitted_at, j.id)
     if config.orders_by_service:  # las, default
         th = config.las_thresholds_gpu_s
-        return lambda j: (-j.spec.priority, las_level(j.attained_gpu_s, th), j.submitted_at, j.id)
+        level = bisect.bisect_right  # las_level, inlined: called once per waiting job
+        return lambda j: (-j.spec.priority, level(th, j.attained_gpu_s), j.submitted_at, j.id)
     return lambda j: (-j.spec.priority, j.submitted_at, j.id)
 
+
+#: PendingIndex.sync: more changes than this (plus an eighth of the jobs) reload the index in bulk
+_BULK_AFTER = 256
 
 #: the second element of a starving job's key: before every other job of its tier
 STARVING = -INF
@@ -122,6 +126,10 @@ class PendingIndex:
         self.shapes: dict[int, Shape] = {}  # each waiting job's request shape
         #: las: jobs below the first queue (they may be promoted when they starve)
         self.deep: dict[int, Job] = {}
+        #: jobs that may have to wait whatever the GPUs: held, dependencies, array throttle
+        self.conditional: set[int] = set()
+        #: each waiting job's time left, for those with a time limit (backfill)
+        self.time_left: dict[int, float] = {}
         self._unsorted = False  # queues are sorted (bulk loads sort them lazily)
         self._load(jobs)
 
@@ -145,6 +153,7 @@ class PendingIndex:
             q.append(k)
             if las and k[1] > 0:
                 self.deep[jid] = j
+            self._note_conditions(j)
             shape = shapes[jid] = shape_of(j.spec.resources)
             size = shape.gpus or 1
             lst = by_size.get(size)
@@ -153,6 +162,43 @@ class PendingIndex:
             lst.append((j.submitted_at + j.total_run_s, jid))
         self._unsorted = True  # sorted when first needed: a complete ordering sorts all keys anyway
         self.shape_counts = dict(Counter(shapes.values()))
+
+    def sync(self, jobs: Iterable[Job]) -> None:
+        """Make the index hold exactly ``jobs`` (the daemon's pending and held jobs of this
+        cycle).  A job whose record did not change is the same object (the store decodes an
+        unchanged record once), so it costs one lookup; new and changed jobs are added, gone ones
+        removed.  When many jobs changed, one bulk load is cheaper than many sorted inserts."""
+        current = jobs if isinstance(jobs, list) else list(jobs)
+        known = self.jobs
+        changed: list[Job] = []
+        ids: set[int] = set()
+        for j in current:
+            ids.add(j.id)
+            if known.get(j.id) is not j:
+                changed.append(j)
+        gone = [jid for jid in known if jid not in ids]
+        if len(changed) + len(gone) > _BULK_AFTER + len(known) // 8:
+            self._clear()
+            self._load(current)
+            return
+        for jid in gone:
+            self.remove(jid)
+        for j in changed:
+            self.add(j)
+
+    def _clear(self) -> None:
+        for d in (self.by_size, self.jobs, self.queues, self.groups, self._keys, self.shape_counts, self.shapes,
+                  self.deep, self.conditional, self.time_left):
+            d.clear()
+        self._unsorted = False
+
+    def _note_conditions(self, job: Job) -> None:
+        spec = job.spec
+        if job.state is not JobState.PENDING or spec.after or spec.after_any or spec.after_notok or \
+                spec.array is not None:
+            self.conditional.add(job.id)
+        if spec.time_limit_s is not None:
+            self.time_left[job.id] = _time_left_waiting(job)
 
     def matches(self, config: PolicyConfig) -> bool:
         return self.policy == config.policy and self.las_thresholds == config.las_thresholds_gpu_s
@@ -172,6 +218,7 @@ class PendingIndex:
         key = self._key(job)
         self.jobs[job.id] = job
         self._keys[job.id] = key
+        self._note_conditions(job)
         shape = self.shapes[job.id] = shape_of(job.spec.resources)
         self.shape_counts[shape] = self.shape_counts.get(shape, 0) + 1
         q = self.queues.setdefault(job.owner.user, [])
@@ -191,6 +238,8 @@ class PendingIndex:
             return None
         key = self._keys.pop(job_id)
         self.deep.pop(job_id, None)
+        self.conditional.discard(job_id)
+        self.time_left.pop(job_id, None)
         shape = self.shapes.pop(job_id)
         lst = self.by_size[shape.gpus or 1]
         del lst[bisect.bisect_left(lst, (job.submitted_at + job.total_run_s, job_id))]

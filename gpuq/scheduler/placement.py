@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from typing import Callable, Iterable, Iterator, NamedTuple, Sequence
 
 from gpuq.gpus import GpuInfo, NodeSnapshot
-from gpuq.jobs.model import Job, Placement, Resources
+from gpuq.jobs.model import Job, Part, Placement, Resources
 from gpuq.units import format_mib
 
 INF = math.inf
@@ -30,13 +30,14 @@ class Shape(NamedTuple):
     whole: bool
     mem_mib: int | None
     fraction: float | None
+    nodes: int  # > 1: a job across nodes, gpus // nodes on each
 
 
 _new_tuple = tuple.__new__
 
 
 def shape_of(res: Resources) -> Shape:
-    return _new_tuple(Shape, (res.gpus, res.whole_gpus, res.mem_mib, res.fraction))  # Shape(...), faster
+    return _new_tuple(Shape, (res.gpus, res.whole_gpus, res.mem_mib, res.fraction, res.nodes))  # Shape(...), faster
 
 
 class Hold(NamedTuple):
@@ -57,6 +58,8 @@ class _Template:
 
     def __init__(self, nodes: Sequence[NodeSnapshot], idle_mem_mib: int) -> None:
         self.names: list[str] = []
+        #: where each node is reached by the other parts of a job across nodes
+        self.addresses: list[str] = [n.address or n.node for n in nodes]
         #: CPU-only job slots per node (None: unbounded)
         self.cpu_slots: list[int | None] = [n.cpu_slots for n in nodes]
         self.node_slots: list[list[int]] = []
@@ -79,6 +82,7 @@ class _Template:
         self.overuse = [g.overuse_mib for g in self.gpu]
         self.base_idle = [g.mem_used_mib <= idle_mem_mib for g in self.gpu]
         self.base_idle_count = [sum(self.base_idle[i] for i in idxs) for idxs in self.node_slots]
+        self.node_number = {name: k for k, name in enumerate(self.names)}
         self.max_node_gpus = max((len(x) for x in self.node_slots), default=0)
         #: GPUs that something outside gpuq uses (never idle; shared jobs may still fit)
         self.foreign = [i for i, idle in enumerate(self.base_idle) if not idle]
@@ -166,6 +170,10 @@ class Cluster:
     @property
     def max_node_gpus(self) -> int:
         return self.t.max_node_gpus
+
+    def idle_gpus_on(self, node: str) -> int:
+        k = self.t.node_number.get(node)
+        return 0 if k is None else self.idle_count[k]
 
     def free_mib(self, i: int) -> int:
         return self.t.total[i] - max(self.reserved[i], self.t.used[i])
@@ -266,7 +274,7 @@ class Cluster:
     # ---- queries ----
     def could_fit_anything(self) -> bool:
         """False when no GPU has any room at all (nothing can start this cycle)."""
-        return bool(self.total_idle or self.partial)
+        return bool(self.total_idle or self.partial) or any(self.free_mib(i) > 0 for i in self.t.foreign)
 
     def fit(self, res: Resources, end_at: float = INF, packing: str = "best",
             only_node: str | None = None) -> tuple[str, list[int]] | None:
@@ -276,9 +284,12 @@ class Cluster:
         if g == 1 and not res.whole_gpus and only_node is None:
             return self._fit_one_shared(res, end_at, packing)
         best: tuple | None = None
-        for k, idxs in enumerate(t.node_slots):
-            if only_node is not None and t.names[k] != only_node:
-                continue
+        if only_node is None:
+            nodes: Iterable[tuple[int, list[int]]] = enumerate(t.node_slots)
+        else:
+            k = t.node_number.get(only_node)
+            nodes = () if k is None else ((k, t.node_slots[k]),)
+        for k, idxs in nodes:
             if res.whole_gpus:
                 if self.idle_count[k] < g:
                     continue
@@ -373,11 +384,36 @@ class Cluster:
                 return "+".join(names), chosen
         return None
 
+    def fit_nodes(self, res: Resources, end_at: float = INF) -> list[tuple[int, list[int]]] | None:
+        """A job across nodes (``res.nodes`` > 1): exactly ``res.gpus_per_node`` idle GPUs on each of
+        ``res.nodes`` different nodes, as (node number, GPU numbers) in rank order, or None.
+        Best fit: the nodes with the fewest idle GPUs that are enough, so whole nodes stay whole."""
+        per, want = res.gpus_per_node, res.nodes
+        if self.total_idle < res.gpus:
+            return None
+        candidates = []
+        for k, idxs in enumerate(self.t.node_slots):
+            if self.idle_count[k] < per:
+                continue
+            ok = [i for i in idxs if self.is_idle(i) and self.usable(i, end_at)]
+            if len(ok) >= per:
+                candidates.append((len(ok), k, ok[:per]))
+        if len(candidates) < want:
+            return None
+        candidates.sort()
+        return [(k, ok) for _, k, ok in candidates[:want]]
+
     def why_not(self, res: Resources) -> str:
         """A person-readable reason why ``res`` does not fit right now."""
         t = self.t
         if not t.gpu:
             return "no node with GPUs is up"
+        if res.nodes > 1:
+            per = res.gpus_per_node
+            have = sum(1 for idxs in t.node_slots
+                       if sum(1 for i in idxs if self.is_idle(i) and not self.is_held(i)) >= per)
+            return (f"needs {per} GPU{'s' if per != 1 else ''} on each of {res.nodes} nodes; "
+                    f"{have} node{'s have' if have != 1 else ' has'} that free")
         if res.whole_gpus:
             most = max(sum(1 for i in idxs if self.is_idle(i) and not self.is_held(i)) for idxs in t.node_slots)
             what = f"{res.gpus} GPU" + ("s" if res.gpus != 1 else "")
@@ -407,12 +443,30 @@ def make_placement(cluster: Cluster, res: Resources, node: str, chosen: Sequence
     )
 
 
+def make_gang_placement(cluster: Cluster, res: Resources, parts: Sequence[tuple[int, Sequence[int]]]) -> Placement:
+    """The placement of a job across nodes: its parts in rank order (``port`` is chosen per run by
+    the daemon when it applies the start)."""
+    t = cluster.t
+    chosen = [i for _, idxs in parts for i in idxs]
+    one = make_placement(cluster, res, "+".join(t.names[k] for k, _ in parts), chosen)
+    return Placement(node=one.node, gpu_uuids=one.gpu_uuids, gpu_indices=one.gpu_indices,
+                     reserved_mib=one.reserved_mib, limit_mib=one.limit_mib, gpu_total_mib=one.gpu_total_mib,
+                     parts=tuple(Part(t.names[k], t.addresses[k], len(idxs)) for k, idxs in parts))
+
+
 def never_fits(res: Resources, nodes: Sequence[NodeSnapshot], gang: bool = False) -> str | None:
     """Why ``res`` could never run on any node even when all is idle, or None if it could."""
     if res.gpus == 0:
         return None
     if not nodes:
         return "no node has reported its GPUs yet"
+    if res.nodes > 1:
+        per = res.gpus_per_node
+        have = sum(1 for n in nodes if len(n.gpus) >= per)
+        if have >= res.nodes:
+            return None
+        return (f"it asks for {per} GPU{'s' if per != 1 else ''} on each of {res.nodes} nodes, but "
+                f"{'only ' if have else ''}{have} node{'s have' if have != 1 else ' has'} {per} or more GPUs")
     for n in nodes:
         ok = [g for g in n.gpus if res.whole_gpus or res.request_mib(g.mem_total_mib) <= g.mem_total_mib]
         if len(ok) >= res.gpus:

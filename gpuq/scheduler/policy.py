@@ -13,7 +13,6 @@ that does not start gets a reason.
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Mapping, NamedTuple, Sequence
@@ -22,15 +21,15 @@ from gpuq import accounting
 from gpuq.gpus import NodeSnapshot
 from gpuq.jobs.model import Job, JobState, Placement
 from gpuq.scheduler.backfill import HeadHold, hold_for_head
-from gpuq.scheduler.config import PolicyConfig, UserLimits
+from gpuq.scheduler.config import PolicyConfig
 from gpuq.scheduler.dependencies import ArrayThrottle, dependency_reason
 from gpuq.scheduler.fairshare import ShareState, ongoing_usage, share_states, usage_values
+from gpuq.scheduler.limits import UsageLimits
 from gpuq.scheduler.ordering import PendingIndex
-from gpuq.scheduler.placement import Cluster, Shape, make_placement, never_fits
+from gpuq.scheduler.placement import Cluster, Shape, make_gang_placement, make_placement, never_fits
 from gpuq.scheduler.preemption import plan_preemptions
 from gpuq.units import format_duration
 
-INF = math.inf
 #: with preemption on, the first this many waiting jobs are considered for preemption
 PREEMPT_CANDIDATES = 8
 
@@ -122,7 +121,7 @@ class _Cycle:
                                end_of=lambda j: accounting.expected_end(j, now))
         self.states: dict[str, ShareState] = \
             fairshare_states(self.index, running, usage, config, now) if config.uses_fairshare else {}
-        self.limits = _UserLimits(config, running)
+        self.limits = UsageLimits(config, running)
         self.throttle = ArrayThrottle(running)
         self.starts: list[Start] = []
         self.reasons: dict[int, str] = {}
@@ -145,29 +144,35 @@ class _Cycle:
         already failed this cycle waits (the fast path: most of a long queue); any other is tried.
         The simulator (no reasons) stops as soon as nothing more could start."""
         reasons, shapes, known = self.reasons, self.index.shapes, self.known
+        conditional, time_left = self.index.conditional, self.index.time_left
         present = {s for s, n in self.index.shape_counts.items() if n > 0}
         start_at = None  # the head's expected start, once known
         behind_head = False  # fifo: everyone waits behind the head
-        plain_pending, never, checks, now = JobState.PENDING, self.never, self.limits.on, self.now
-        time_left_s, wait = accounting.time_left_s, self._wait
+        never, checks, now, wait = self.never, self.limits.on, self.now, self._wait
+        #: (simulator, preemption on) stop once the preemption candidates are found, if nothing
+        #: more could start; without preemption, or before then, each failed try checks that
+        stop_early = not self.explain and self.config.preemption_on
         for job in self._in_order():
-            shape = shapes[job.id]
-            spec = job.spec
-            if job.state is not plain_pending or checks or spec.after or spec.after_any or spec.after_notok or \
-                    spec.array is not None or never.get(shape, "") is not None:
+            jid = job.id
+            shape = shapes[jid]
+            if checks or jid in conditional or never.get(shape, "") is not None:
                 why = self._not_eligible(job, shape)
                 if why is not None:
-                    reasons[job.id] = why
+                    reasons[jid] = why
                     continue
             if behind_head:
                 self._wait_behind_head(job)
                 continue
-            may = start_at is not None and job.spec.time_limit_s is not None and \
-                now + max(time_left_s(job, now), 0.0) <= start_at
+            # may it use the GPUs held for the head job (it surely ends before the head starts)?
+            may = start_at is not None and jid in time_left and now + max(time_left[jid], 0.0) <= start_at
             kinds = known.get(shape)
             got = kinds[may] if kinds is not None else None
             if got is not None:  # the same request already failed this cycle
                 wait(job, got)
+                if stop_early and len(self.blocked) == PREEMPT_CANDIDATES:
+                    stop_early = False  # (enough preemption candidates now: check once)
+                    if self._saturated(present):
+                        break
                 continue
             self._try_start(job, shape, may)
             if self.head is not None:
@@ -182,10 +187,7 @@ class _Cycle:
         """The job waits: its kind of request already failed this cycle."""
         n = self.waiting_ahead
         if self.explain:
-            if known.held_only:
-                self.reasons[job.id] = known.text + _n_ahead(n, self.phrase) + known.tail
-            else:
-                self.reasons[job.id] = known.text + "; " + _n_ahead(n, self.phrase) if n else known.text
+            self.reasons[job.id] = known.before + str(n) + known.after if n > 1 else known.one if n else known.alone
         self.waiting_ahead = n + 1
         if len(self.blocked) < PREEMPT_CANDIDATES:
             self.blocked.append(job)
@@ -246,12 +248,18 @@ class _Cycle:
         if why is None:
             cluster = self.cluster
             end_at = accounting.expected_end(job, self.now)
-            if res.gpus > cluster.max_node_gpus:
-                choice = cluster.fit_gang(res, end_at)
+            placement = None
+            if res.nodes > 1:  # a job across nodes: the same GPU count on each of its nodes
+                parts = cluster.fit_nodes(res, end_at)
+                placement = None if parts is None else make_gang_placement(cluster, res, parts)
             else:
-                choice = cluster.fit(res, end_at, self.config.packing)
-            if choice is not None:
-                placement = make_placement(cluster, res, choice[0], choice[1])
+                if res.gpus > cluster.max_node_gpus:
+                    choice = cluster.fit_gang(res, end_at)  # (simulator traces, config.gang)
+                else:
+                    choice = cluster.fit(res, end_at, self.config.packing)
+                if choice is not None:
+                    placement = make_placement(cluster, res, choice[0], choice[1])
+            if placement is not None:
                 cluster.reserve(placement, end_at)
                 self.starts.append(Start(job.id, placement))
                 self.limits.started(job)
@@ -272,13 +280,18 @@ class _Cycle:
     def _known(self, job: Job, shape: Shape, may_use_held: bool, why: str) -> "_Known":
         """How to explain the wait of any job of this kind of request, from now on this cycle."""
         if not self.explain:
-            return _Known("", False, "")
+            return _Known("", "", "", "")
         assert self.head is not None
+        res = job.spec.resources
         with self.cluster.holds_lifted():
-            held_only = self.cluster.fit(job.spec.resources) is not None
-        if held_only:
-            return _Known("priority: ", True, f"; the free GPUs are held for job {self.head.id}" + self._expected())
-        return _Known(why, False, "")
+            fit = self.cluster.fit_nodes(res) if res.nodes > 1 else self.cluster.fit(res)
+            held_only = fit is not None
+        one, many = self.phrase
+        if held_only:  # "priority: N jobs ... are ahead; the free GPUs are held for job H"
+            tail = f"; the free GPUs are held for job {self.head.id}" + self._expected()
+            return _Known(f"priority: 0 {many} are ahead{tail}", f"priority: 1 {one} is ahead{tail}",
+                          "priority: ", f" {many} are ahead{tail}")
+        return _Known(why, f"{why}; 1 {one} is ahead", f"{why}; ", f" {many} are ahead")
 
     def _start_cpu_only(self, job: Job) -> bool:
         """Start a CPU-only job in a free CPU slot (a node resource, like a GPU); or say why it
@@ -332,61 +345,13 @@ class _Cycle:
 
 
 class _Known(NamedTuple):
-    """How to explain the wait of a kind of request that failed this cycle: ``text`` is the
-    reason; when ``held_only`` (it would fit but for the GPUs held for the head job) the reason
-    is ``text`` + the jobs ahead + ``tail``."""
+    """How to explain the wait of a kind of request that failed this cycle, by the number n of
+    jobs ahead: ``alone`` (n = 0), ``one`` (n = 1), else ``before`` + n + ``after``."""
 
-    text: str
-    held_only: bool
-    tail: str
-
-
-class _UserLimits:
-    """Per-user ``max_gpus`` (GPUs in use) and ``max_cpu_jobs`` (CPU-only jobs running), counted
-    as plan() starts more jobs."""
-
-    def __init__(self, config: PolicyConfig, running: Iterable[Job]) -> None:
-        self.config = config
-        self.on = config.default_limits.max_gpus is not None or bool(config.user_limits)
-        self.gpus: dict[str, int] = {}
-        self.cpu_jobs: dict[str, int] = {}
-        self.cache: dict[str, UserLimits] = {}
-        for j in running:
-            self.started(j)
-
-    def _limits(self, user: str) -> UserLimits:
-        lim = self.cache.get(user)
-        if lim is None:
-            lim = self.cache[user] = self.config.limits_for(user)
-        return lim
-
-    def reason(self, job: Job) -> str | None:
-        """Why the job would take its user past ``max_gpus`` (None: it would not)."""
-        if not self.on:
-            return None
-        lim = self._limits(job.owner.user)
-        used = self.gpus.get(job.owner.user, 0)
-        if lim.max_gpus is not None and used + job.spec.resources.gpus > lim.max_gpus:
-            return f"user limit: you have {used}/{lim.max_gpus} GPUs in use"
-        return None
-
-    def cpu_reason(self, job: Job, cluster: Cluster) -> str | None:
-        """Why a CPU-only job would take its user past ``max_cpu_jobs`` (default: half the slots)."""
-        lim = self._limits(job.owner.user).max_cpu_jobs
-        if lim is None:
-            total = cluster.cpu_slots_total()
-            lim = None if total == INF else max(1, int(total) // 2)
-        have = self.cpu_jobs.get(job.owner.user, 0)
-        if lim is not None and have >= lim:
-            return f"user limit: you have {have}/{lim} CPU-only jobs running"
-        return None
-
-    def started(self, job: Job) -> None:
-        user, gpus = job.owner.user, job.spec.resources.gpus
-        if gpus == 0:
-            self.cpu_jobs[user] = self.cpu_jobs.get(user, 0) + 1
-        else:
-            self.gpus[user] = self.gpus.get(user, 0) + gpus
+    alone: str
+    one: str
+    before: str
+    after: str
 
 
 _AHEAD = {
@@ -418,7 +383,7 @@ class _Failures:
 
     def add(self, shape: Shape, held: bool, why: str) -> None:
         self.exact[(shape, held)] = why
-        if shape.whole:
+        if shape.whole and shape.nodes == 1:  # (a job across nodes fails or fits by its own rule)
             k = (shape.gpus > self.max_node, held)
             if k not in self.whole or shape.gpus < self.whole[k][0]:
                 self.whole[k] = (shape.gpus, why)
@@ -430,7 +395,7 @@ class _Failures:
         why = exact.get((shape, True))
         if why is None and not held:
             why = exact.get((shape, False))
-        if why is not None or not shape.whole:
+        if why is not None or not shape.whole or shape.nodes > 1:
             return why
         gang = shape.gpus > self.max_node
         for h in ((True,) if held else (True, False)):

@@ -127,8 +127,8 @@ class _Preemption:
 
     def _make_room(self, waiting: Job, pool: Sequence[Job]) -> None:
         cluster, res = self.cluster, waiting.spec.resources
-        if res.gpus == 0:
-            return
+        if res.gpus == 0 or res.nodes > 1:
+            return  # (no preemption on behalf of a job across nodes: docs/scheduling.md)
         gang = res.gpus > cluster.max_node_gpus
         if gang and not self.config.gang:
             return
@@ -209,9 +209,13 @@ def _victims_on_best_node(waiting: Job, victims: Sequence[Job], cluster: Cluster
     by_node: dict[str, list[Job]] = {}
     for v in victims:
         if v.placement is not None:
-            by_node.setdefault(v.placement.node, []).append(v)
+            for n in v.placement.nodes:  # a job across nodes frees GPUs on each of its nodes
+                by_node.setdefault(n, []).append(v)
     best: list[Job] | None = None
     for node, vs in by_node.items():
+        if res.whole_gpus and cluster.idle_gpus_on(node) + len({u for v in vs for u in v.placement.gpu_uuids}) \
+                < res.gpus:
+            continue  # even with all these victims gone, too few GPUs of this node would be idle
         released: list[Job] = []
         ok = False
         for v in vs:

@@ -61,7 +61,7 @@ class NodeAgent:
         home = self.cfg.paths.home
         reconcile.reap_supervisors(home)
         mine = self.my_running()
-        ended = set(reconcile.check_supervisors(self.store, home, self.containment, mine, now))
+        ended = set(reconcile.check_supervisors(self.store, home, self.containment, mine, now, node=self.cfg.node))
         if ended:
             mine = [j for j in mine if j.id not in ended]
         reconcile.sweep_leftovers(home, self.containment, {j.id: j for j in mine})
@@ -70,7 +70,8 @@ class NodeAgent:
         over = find_overuse(snap, mine)
         self.overuse.police(over, {j.id for j in mine}, now)
         snap = dataclasses.replace(with_overuse(snap, over), cpu_slots=self.cfg.cpu_slots,
-                                   containment=self.containment_note, warnings=tuple(o.sentence() for o in over))
+                                   containment=self.containment_note, warnings=tuple(o.sentence() for o in over),
+                                   address=self.cfg.address)
         self.store.put_node(snap, ttl_s=self.cfg.node_ttl_s)
         used = tuple(g.mem_used_mib for g in snap.gpus)
         if self._last_used is not None and used != self._last_used:
@@ -104,7 +105,7 @@ class NodeAgent:
         Queue(keys.rq_queue_name(self.cfg.node), connection=self.store.r, serializer=JSONSerializer).empty()
         # a full scan once at start (not the per-node index), so nothing placed here is missed
         mine = [j for j in self.store.active_jobs()
-                if j.state is JobState.RUNNING and j.placement is not None and j.placement.node == self.cfg.node]
+                if j.state is JobState.RUNNING and j.placement is not None and self.cfg.node in j.placement.nodes]
         for job in mine:
             if job.started_at is None:
                 reason = "placed but not claimed before the daemon restarted; back to pending"
@@ -113,7 +114,8 @@ class NodeAgent:
                     if j.state is JobState.RUNNING and j.started_at is None else None, now, event=reason)
         started = [j for j in mine if j.started_at is not None]
         # a supervisor being forked right now has no record yet: the tick's grace covers it
-        reconcile.check_supervisors(self.store, self.cfg.paths.home, self.containment, started, now, adopting=True)
+        reconcile.check_supervisors(self.store, self.cfg.paths.home, self.containment, started, now, adopting=True,
+                                    node=self.cfg.node)
         alive = {j.id: j for j in self.my_running()}
         swept = reconcile.sweep_leftovers(self.cfg.paths.home, self.containment, alive)
         for job_id in swept:
@@ -141,10 +143,11 @@ class NodeAgent:
             time.sleep(0.1)
         # a supervisor that did not manage: the daemon ends the run itself
         reconcile.check_supervisors(self.store, self.cfg.paths.home, self.containment,
-                                    [j for j in self.my_running() if j.started_at is not None], self.clock())
+                                    [j for j in self.my_running() if j.started_at is not None], self.clock(),
+                                    node=self.cfg.node)
         for job in self.my_running():
             log.warning("job %s: still running after the drain's grace period: killing it", job.id)
-            reconcile.kill_run(self.containment, job)
+            reconcile.kill_run(self.containment, job, self.cfg.node)
 
     def shutdown(self, grace_s: float, drain: bool) -> None:
         """Stop the workers.  Running jobs keep running under their supervisors (a new daemon

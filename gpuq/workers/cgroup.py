@@ -5,8 +5,9 @@ Two named implementations and a fallback, chosen once per daemon (``cgroups`` in
 * :class:`CgroupV2` - the unified hierarchy (``/sys/fs/cgroup`` on a pure-v2 server, or a
   ``cgroup2`` mount such as ``/sys/fs/cgroup/unified`` on a hybrid one).  Kill is
   ``cgroup.kill`` (Linux 5.14+), else freeze + SIGKILL every member.  Memory and CPU limits
-  where the controllers are enabled.  No device filtering: cgroup v2 does that with an eBPF
-  program, which gpuq does not load (see docs/security.md).
+  where the controllers are enabled.  Devices: an eBPF device program per job
+  (:mod:`gpuq.workers.devfilter`) lets through only the job's own GPUs, where the kernel allows
+  one (probed once when the daemon chooses; otherwise the daemon and each job's log say so).
 * :class:`CgroupV1` - one directory per controller (freezer, devices, memory, cpu, pids).
   Kill is freeze + SIGKILL every task + thaw, until none is left.  ``devices`` denies the
   node's GPUs that are not the job's (``/dev/nvidiaN``, major 195).
@@ -31,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Protocol
 
+from gpuq.workers import devfilter
+
 NVIDIA_MAJOR = 195  # /dev/nvidia0.. are char 195:N; 195:254 nvidia-modeset, 195:255 nvidiactl
 V1_CONTROLLERS = ("freezer", "devices", "memory", "cpu", "pids")
 CPU_PERIOD_US = 100_000
@@ -40,11 +43,13 @@ BASE = "gpuq"
 @dataclass(frozen=True)
 class JobLimits:
     """What a job's cgroup enforces.  ``deny_gpu_minors``: /dev/nvidiaN minors of the node's
-    GPUs that are not the job's (only where a devices controller exists)."""
+    GPUs that are not the job's; ``own_gpu_minors``: the job's own (v2's device program lets
+    only these of the GPU minors through)."""
 
     mem_mib: int | None = None
     cpus: float | None = None
     deny_gpu_minors: tuple[int, ...] = ()
+    own_gpu_minors: tuple[int, ...] = ()
 
 
 class Containment(Protocol):
@@ -59,6 +64,8 @@ class Containment(Protocol):
     def signal_all(self, job_id: int, sig: int) -> None: ...
 
     def kill_all(self, job_id: int, timeout_s: float = 10.0) -> bool: ...
+
+    def oom_kills(self, job_id: int) -> int: ...  # processes the kernel's OOM killer killed in the job's cgroup
 
     def remove(self, job_id: int) -> None: ...
 
@@ -84,6 +91,19 @@ def _kill_each(pids: Iterable[int], sig: int) -> None:
             os.kill(pid, sig)
         except (ProcessLookupError, PermissionError):
             pass
+
+
+def _oom_kill_count(path: Path) -> int:
+    """``oom_kill N`` from v2 ``memory.events`` or v1 ``memory.oom_control`` (0 when absent)."""
+    try:
+        text = path.read_text()
+    except OSError:
+        return 0
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name == "oom_kill" and value.strip().isdigit():
+            return int(value)
+    return 0
 
 
 def _rmdir_if_done(d: Path) -> None:
@@ -112,10 +132,33 @@ def _job_ids(base: Path) -> list[int]:
 class CgroupV2:
     name = "cgroup v2"
 
-    def __init__(self, mount: Path, node: str):
+    def __init__(self, mount: Path, node: str, device_filter: bool = False):
         self.mount = mount
         self.node = node
         self.base = mount / BASE / node
+        self.device_filter = device_filter  # the kernel accepted a device program (probe_device_filter)
+        self._oom_before: dict[int, int] = {}
+
+    def controllers(self) -> set[str]:
+        """The controllers this hierarchy has (on a hybrid system, those not bound to v1)."""
+        try:
+            return set((self.mount / "cgroup.controllers").read_text().split())
+        except OSError:
+            return set()
+
+    def probe_device_filter(self) -> str:
+        """Try the device program once on a scratch cgroup: "" when it works, else why not."""
+        d = self.base / "device-probe"
+        try:
+            self.base.mkdir(mode=0o755, parents=True, exist_ok=True)
+            d.mkdir(mode=0o755, exist_ok=True)
+            devfilter.attach(str(d), ())
+        except OSError as e:
+            return e.strerror or str(e)
+        finally:
+            _rmdir_if_done(d)
+        self.device_filter = True
+        return ""
 
     def _dir(self, job_id: int) -> Path:
         return self.base / _job_name(job_id)
@@ -143,6 +186,7 @@ class CgroupV2:
         enabled = self._enable(self.base, ("memory", "cpu", "pids"))
         d = self._dir(job_id)
         d.mkdir(mode=0o755, exist_ok=True)
+        self._oom_before[job_id] = _oom_kill_count(d / "memory.events")  # a cgroup left by an earlier run
         if limits.mem_mib is not None:
             if "memory" in enabled:
                 _write(d / "memory.max", str(limits.mem_mib * 2**20))
@@ -156,8 +200,11 @@ class CgroupV2:
             else:
                 notes.append("the cpu controller is not available here: --cpus is not enforced")
         if limits.deny_gpu_minors:
-            notes.append("cgroup v2 device filtering needs an eBPF program gpuq does not load: "
-                         "other GPUs are hidden by CUDA_VISIBLE_DEVICES only")
+            if self.device_filter:  # it worked when the daemon started: a refusal now fails the job
+                devfilter.attach(str(d), limits.own_gpu_minors)
+            else:
+                notes.append("the kernel refused gpuq's eBPF device program when the daemon started: "
+                             "other GPUs are hidden by CUDA_VISIBLE_DEVICES only")
         return notes
 
     def join_files(self, job_id: int) -> list[str]:
@@ -192,6 +239,10 @@ class CgroupV2:
                 return not self.pids(job_id)
             time.sleep(0.01)
 
+    def oom_kills(self, job_id: int) -> int:
+        """OOM kills in the job's cgroup since :meth:`create` (this run's)."""
+        return _oom_kill_count(self._dir(job_id) / "memory.events") - self._oom_before.get(job_id, 0)
+
     def remove(self, job_id: int) -> None:
         _rmdir_if_done(self._dir(job_id))
 
@@ -206,6 +257,7 @@ class CgroupV1:
         self.root = root
         self.controllers = controllers  # those mounted here, freezer first when present
         self.node = node
+        self._oom_before: dict[int, int] = {}
 
     def _dirs(self, job_id: int) -> dict[str, Path]:
         return {c: self.root / c / BASE / self.node / _job_name(job_id) for c in self.controllers}
@@ -216,12 +268,16 @@ class CgroupV1:
         for c, d in dirs.items():
             d.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
             d.mkdir(mode=0o755, exist_ok=True)
+        self._oom_before[job_id] = self._oom_total(job_id)  # a cgroup left by an earlier run keeps its count
         if limits.mem_mib is not None:
             if "memory" in dirs:
-                mem = dirs["memory"]
-                _write(mem / "memory.limit_in_bytes", str(limits.mem_mib * 2**20))
-                if (mem / "memory.memsw.limit_in_bytes").exists():
-                    _write(mem / "memory.memsw.limit_in_bytes", str(limits.mem_mib * 2**20))
+                mem, limit = dirs["memory"], str(limits.mem_mib * 2**20)
+                memsw = mem / "memory.memsw.limit_in_bytes"  # with swap accounting: memory + swap
+                if memsw.exists():
+                    _write(memsw, "-1")  # memsw may never be below the memory limit, whatever was there
+                _write(mem / "memory.limit_in_bytes", limit)
+                if memsw.exists():
+                    _write(memsw, limit)  # no swapping past the limit: over it, the OOM killer acts
             else:
                 notes.append("no memory controller is mounted: --mem is not enforced")
         if limits.cpus is not None:
@@ -271,6 +327,14 @@ class CgroupV1:
                 return not self.pids(job_id)
             time.sleep(0.01)
 
+    def _oom_total(self, job_id: int) -> int:
+        mem = self._dirs(job_id).get("memory")
+        return 0 if mem is None else _oom_kill_count(mem / "memory.oom_control")
+
+    def oom_kills(self, job_id: int) -> int:
+        """OOM kills in the job's cgroup since :meth:`create` (this run's)."""
+        return self._oom_total(job_id) - self._oom_before.get(job_id, 0)
+
     def remove(self, job_id: int) -> None:
         for d in self._dirs(job_id).values():
             _rmdir_if_done(d)
@@ -301,6 +365,9 @@ class ProcessGroupOnly:
 
     def kill_all(self, job_id: int, timeout_s: float = 10.0) -> bool:
         return True
+
+    def oom_kills(self, job_id: int) -> int:
+        return 0
 
     def remove(self, job_id: int) -> None:
         pass
@@ -383,17 +450,37 @@ def choose(mode: str, node: str) -> tuple[Containment, str]:
     for kind in order:
         c: Containment | None = find_v1(node) if kind == "v1" else find_v2(node)
         if c is not None:
-            where = c.mount if isinstance(c, CgroupV2) else c.root
-            extra = f" ({', '.join(c.controllers)})" if isinstance(c, CgroupV1) else ""
-            return c, f"jobs are contained by {c.name} under {where}{extra}"
+            return c, f"jobs are contained by {c.name} under {_described(c)}"
     return ProcessGroupOnly(), (f"cgroups unavailable (no writable {mode if mode != 'auto' else 'cgroup'} "
                                 "hierarchy): jobs are contained by process group only")
+
+
+def _described(c: CgroupV1 | CgroupV2) -> str:
+    """Where, with what, and what a job may ask for that is not enforced here (for the log and
+    ``gpuq status``)."""
+    missing = []
+    if isinstance(c, CgroupV1):
+        have, where = set(c.controllers), f"{c.root} ({', '.join(c.controllers)})"
+        devices = "" if "devices" in have else "no devices controller"
+    else:
+        have = c.controllers()
+        why = c.probe_device_filter()
+        devices = "" if not why else f"the kernel refused the eBPF device program: {why}"
+        where = f"{c.mount} ({', '.join(sorted(have & {'memory', 'cpu', 'pids'})) or 'no controllers'}" \
+                f"{', eBPF devices' if not why else ''})"
+    if "memory" not in have:
+        missing.append("--mem (no memory controller)")
+    if "cpu" not in have:
+        missing.append("--cpus (no cpu controller)")
+    if devices:
+        missing.append(f"GPU device isolation ({devices})")
+    return where + ("; not enforced here: " + ", ".join(missing) if missing else "")
 
 
 def from_description(kind: str, where: str, controllers: tuple[str, ...], node: str) -> Containment:
     """Rebuild the daemon's choice in a worker (passed through its environment)."""
     if kind == "v2":
-        return CgroupV2(Path(where), node)
+        return CgroupV2(Path(where), node, device_filter="devices" in controllers)
     if kind == "v1":
         return CgroupV1(Path(where), controllers, node)
     return ProcessGroupOnly()
@@ -401,7 +488,7 @@ def from_description(kind: str, where: str, controllers: tuple[str, ...], node: 
 
 def describe(c: Containment) -> tuple[str, str, tuple[str, ...]]:
     if isinstance(c, CgroupV2):
-        return "v2", str(c.mount), ()
+        return "v2", str(c.mount), ("devices",) if c.device_filter else ()
     if isinstance(c, CgroupV1):
         return "v1", str(c.root), c.controllers
     return "none", "", ()

@@ -19,12 +19,27 @@ The contract with training scripts (and with ``gpuq.jobs.tf``):
 ``GPUQ_ARRAY_INDEX``           array jobs only: this job's index in the array (``--array 0-99``)
 ``GPUQ_SIMULATED_GPU_DIR``     only on simulated GPUs: where a process declares memory it "uses"
 =============================  ===============================================================
+
+A job across nodes (``--nodes N``) runs one process per node, each with its own node's GPUs in
+``CUDA_VISIBLE_DEVICES``, and the distributed environment of both frameworks:
+
+=============================  ===============================================================
+``TF_CONFIG``                  ``{"cluster": {"worker": ["addr0:port+1", ...]}, "task":
+                               {"type": "worker", "index": RANK}}`` (MultiWorkerMirroredStrategy)
+``MASTER_ADDR``                rank 0's node address (``[daemon] address``)
+``MASTER_PORT``                a port chosen for this run (the TF workers use the next N)
+``WORLD_SIZE`` / ``RANK``      N / this part's rank (0 .. N-1), one process per node
+``LOCAL_RANK``                 0 (for one process per GPU, run torchrun with ``--nnodes``,
+                               ``--node_rank $GPUQ_NODE_RANK`` and the same master)
+``GPUQ_NODE_RANK``             this part's rank; ``GPUQ_NUM_NODES``: N
+=============================  ===============================================================
 """
 
 from __future__ import annotations
 
+import json
 
-from gpuq.jobs.model import REQUEUE_EXIT_CODE, Job
+from gpuq.jobs.model import REQUEUE_EXIT_CODE, Job, Placement
 
 #: Variables from the submitting shell that are never passed on: they describe the
 #: submitting terminal or would override what gpuq decides for the job.
@@ -33,6 +48,7 @@ DROPPED_VARS = frozenset({
     "PYTORCH_CUDA_ALLOC_CONF", "XLA_PYTHON_CLIENT_PREALLOCATE", "XLA_PYTHON_CLIENT_MEM_FRACTION",
     "GPUQ_GPU_MEM_MIB", "GPUQ_GPU_MEM_FRACTION", "GPUQ_JOB_ID", "GPUQ_CHECKPOINT_DIR", "GPUQ_PROGRESS_FILE",
     "GPUQ_SIMULATED_GPU_DIR", "GPUQ_RESTART_COUNT", "GPUQ_REQUEUE_EXIT_CODE", "GPUQ_ARRAY_ID", "GPUQ_ARRAY_INDEX",
+    "GPUQ_NODE_RANK", "GPUQ_NUM_NODES",
     "TERM_SESSION_ID", "SSH_AUTH_SOCK", "SSH_AGENT_PID", "WINDOWID", "DISPLAY", "XAUTHORITY",
 })
 
@@ -42,10 +58,18 @@ def build_job_env(
     checkpoint_dir: str,
     progress_file: str,
     simulated_gpu_dir: str | None = None,
+    node: str = "",
 ) -> dict[str, str]:
-    """The full environment for ``job``'s process on its placement."""
+    """The full environment for ``job``'s process on its placement (for a job across nodes: the
+    process of its part on ``node``)."""
     env: dict[str, str] = {k: v for k, v in job.spec.env.items() if k not in DROPPED_VARS}
     p = job.placement
+    if p is not None and p.is_gang:
+        rank = p.rank_of(node)
+        if rank is None:
+            raise ValueError(f"job {job.id} has no part on node {node}")
+        env.update(distributed_env(p, rank))
+        p = p.part(rank)
     uuids = p.gpu_uuids if p is not None else ()
     env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
     env["CUDA_VISIBLE_DEVICES"] = ",".join(uuids)
@@ -71,3 +95,19 @@ def build_job_env(
         env["GPUQ_SIMULATED_GPU_DIR"] = simulated_gpu_dir
     env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
     return env
+
+
+def distributed_env(p: Placement, rank: int) -> dict[str, str]:
+    """TensorFlow's and PyTorch's view of a job across nodes, for the part of rank ``rank``."""
+    assert p.port is not None
+    workers = [f"{part.address}:{p.port + 1 + i}" for i, part in enumerate(p.parts)]
+    return {
+        "TF_CONFIG": json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": rank}}),
+        "MASTER_ADDR": p.parts[0].address,
+        "MASTER_PORT": str(p.port),
+        "WORLD_SIZE": str(len(p.parts)),
+        "RANK": str(rank),
+        "LOCAL_RANK": "0",
+        "GPUQ_NODE_RANK": str(rank),
+        "GPUQ_NUM_NODES": str(len(p.parts)),
+    }

@@ -82,21 +82,42 @@ def same_run(j: Job, run: Job) -> bool:
     return j.state is JobState.RUNNING and j.started_at is not None and j.started_at == run.started_at
 
 
+def same_placement(j: Job, placed: Job) -> bool:
+    """Is stored job ``j`` still the placement ``placed`` (a part of a job across nodes waiting at
+    the start barrier has no run token yet: the placement time stands for it)?"""
+    return j.state is JobState.RUNNING and j.placed_at == placed.placed_at
+
+
 def claim(store: Store, node: str, job_id: int, now: float) -> Job | None:
+    """Claim the placement (or, for a job across nodes, this node's part of it) for this node.
+    A one-node job gets its run token ``started_at`` at once; a job across nodes gets it with the
+    claim of its last part (the start barrier: until then no part's process starts)."""
+
     def change(j: Job) -> Job | None:
-        if j.state is not JobState.RUNNING or j.placement is None or j.placement.node != node:
+        if j.state is not JobState.RUNNING or j.placement is None or node not in j.placement.nodes:
             return None
-        if j.started_at is not None:
-            return None  # another worker already claimed this placement
+        if j.started_at is not None or node in j.gang_ready:
+            return None  # another worker already claimed this placement (or this part)
         if j.stop_request is not None:  # cancelled, requeued or drained before it started: no run
             sr = j.stop_request
             if sr.kind is StopKind.CANCEL:
                 return j.transition(JobState.CANCELLED, ended_at=now, end_reason=f"cancelled by {sr.by} before it started")
             return j.transition(JobState.PENDING, end_reason=f"{sr.kind.value} before it started")
-        return j.with_changes(started_at=now)
+        if not j.placement.is_gang:
+            return j.with_changes(started_at=now)
+        ready = j.gang_ready + (node,)
+        if len(ready) < len(j.placement.parts):
+            return j.with_changes(gang_ready=ready)
+        return j.with_changes(gang_ready=ready, started_at=now)
 
     def event(j: Job) -> str:
-        return f"worker on {node} claimed it" if j.state is JobState.RUNNING else f"{j.state.value}: {j.end_reason}"
+        if j.state is not JobState.RUNNING:
+            return f"{j.state.value}: {j.end_reason}"
+        if j.placement is not None and j.placement.is_gang:
+            rank = j.placement.rank_of(node)
+            done = "; every part claimed: all start now" if j.started_at is not None else ""
+            return f"worker on {node} claimed part {rank} ({len(j.gang_ready)} of {len(j.placement.parts)}){done}"
+        return f"worker on {node} claimed it"
 
     got = store.update(job_id, change, now, event=event)
     return got if got is not None and got.state is JobState.RUNNING else None

@@ -65,9 +65,12 @@ def supervisor_alive(home: Path, job: Job) -> bool:
     return rec is not None and rec.token == job.started_at and runrecord.is_alive(rec)
 
 
-def kill_run(containment: Containment, job: Job) -> None:
-    """Kill everything of ``job``'s run: its cgroup, and its session if the pid is still the job's."""
-    if job.pid and is_job_process(job):
+def kill_run(containment: Containment, job: Job, node: str = "") -> None:
+    """Kill everything of ``job``'s run on this node: its cgroup, and its session if the pid is
+    still the job's (a job across nodes records rank 0's pid: only rank 0's node kills it)."""
+    p = job.placement
+    rank0_here = p is None or not p.is_gang or p.rank_of(node) == 0
+    if job.pid and rank0_here and is_job_process(job):
         try:
             os.killpg(job.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
@@ -83,6 +86,11 @@ def end_run(store: Store, job: Job, why: str, now: float) -> Job | None:
         if j.state is not JobState.RUNNING or j.started_at != job.started_at:
             return None
         sr = j.stop_request
+        if j.gang_end is not None:  # a job across nodes whose first part already said how it ends
+            e = j.gang_end
+            if e.state is JobState.PENDING:
+                return j.transition(JobState.PENDING, requeues=j.requeues + 1, end_reason=f"{e.reason}; {why}")
+            return j.transition(e.state, ended_at=now, exit_code=e.exit_code, end_reason=f"{e.reason}; {why}")
         if sr is not None and sr.kind is StopKind.CANCEL:
             return j.transition(JobState.CANCELLED, ended_at=now, end_reason=f"cancelled by {sr.by}; {why}")
         if sr is not None:
@@ -100,31 +108,62 @@ def end_run(store: Store, job: Job, why: str, now: float) -> Job | None:
 
 
 def check_supervisors(store: Store, home: Path, containment: Containment, jobs: Iterable[Job], now: float,
-                      adopting: bool = False) -> list[int]:
-    """Each started job running here: adopt it if its supervisor lives, else stop and end it.
-    Returns the ids of jobs that were ended."""
+                      adopting: bool = False, node: str = "") -> list[int]:
+    """Each started job running here: adopt it if its supervisor lives, else stop and end it (a
+    job across nodes entirely: its other parts stop when they see it ended).  Returns the ids of
+    jobs that were ended."""
     ended = []
     for job in jobs:
-        if job.state is not JobState.RUNNING or job.started_at is None:
+        if job.state is not JobState.RUNNING:
             continue
+        if job.started_at is None:
+            if waiting_part_died(store, home, job, node, now):
+                ended.append(job.id)
+            continue
+        if node and node in job.gang_done:
+            continue  # this node's part of a job across nodes exited 0; the others still run
         if supervisor_alive(home, job):
             if adopting:
                 rec = runrecord.read(home, job.id)
                 store.update(job.id, lambda j: j if j.started_at == job.started_at else None, now,
                              event=f"adopted by the new daemon: supervisor pid {rec.pid if rec else '?'} is alive")
             continue
-        if runrecord.read(home, job.id) is None and now - job.started_at < LAUNCH_GRACE_S:
-            continue  # claimed a moment ago: its supervisor is being forked
         rec = runrecord.read(home, job.id)
-        why = (f"its supervisor (pid {rec.pid}) died; the job's processes were stopped" if rec is not None
-               else "its supervisor never started or vanished; the job's processes were stopped")
-        kill_run(containment, job)
+        if rec is None and now - job.started_at < LAUNCH_GRACE_S:
+            continue  # claimed a moment ago: its supervisor is being forked
+        if rec is not None and rec.token == job.placed_at and runrecord.is_alive(rec):
+            continue  # a part of a job across nodes just past the start barrier: recording its run
+        part = f"part {job.placement.rank_of(node)} on {node}: " if job.placement and job.placement.is_gang else ""
+        why = part + (f"its supervisor (pid {rec.pid}) died; the job's processes were stopped" if rec is not None
+                      else "its supervisor never started or vanished; the job's processes were stopped")
+        kill_run(containment, job, node)
         if end_run(store, job, why, now) is not None:
             log.warning("job %s: %s", job.id, why)
             ended.append(job.id)
         containment.remove(job.id)
         runrecord.remove(home, job.id, job.started_at)
     return ended
+
+
+def waiting_part_died(store: Store, home: Path, job: Job, node: str, now: float) -> bool:
+    """A part of a job across nodes whose supervisor died while it waited at the start barrier (its
+    record still carries the placement time): nothing of the job started, so the job goes back to
+    pending at once instead of starting its other parts.  True when it did."""
+    p = job.placement
+    if p is None or not p.is_gang or job.placed_at is None:
+        return False
+    rec = runrecord.read(home, job.id)
+    if rec is None or rec.token != job.placed_at or runrecord.is_alive(rec):
+        return False
+    why = (f"part {p.rank_of(node)} on {node}: its supervisor (pid {rec.pid}) died before every part started; "
+           "none was started")
+    back = store.update(job.id, lambda j: j.transition(JobState.PENDING, end_reason=why)
+                        if j.state is JobState.RUNNING and j.placed_at == job.placed_at and j.started_at is None
+                        else None, now, event=f"{why}: back to pending")
+    runrecord.remove(home, job.id, job.placed_at)
+    if back is not None:
+        log.warning("job %s: %s", job.id, why)
+    return back is not None
 
 
 def sweep_leftovers(home: Path, containment: Containment, current: dict[int, Job]) -> list[int]:
@@ -137,8 +176,8 @@ def sweep_leftovers(home: Path, containment: Containment, current: dict[int, Job
         if runrecord.is_alive(rec):
             live_records[rec.job] = rec
             continue
-        if job is None or job.started_at != rec.token:
-            runrecord.remove(home, rec.job, rec.token)
+        if job is None or (job.started_at != rec.token and job.placed_at != rec.token):
+            runrecord.remove(home, rec.job, rec.token)  # (a placement-time record is a part at the barrier)
     for job_id in containment.jobs():
         if job_id in live_records or job_id in current:
             continue
@@ -167,15 +206,18 @@ class LostNodes:
     def check(self, store: Store, now: float) -> list[int]:
         live = {n.node for n in store.nodes()}
         running = [j for j in store.active_jobs() if j.state is JobState.RUNNING and j.placement is not None]
-        nodes = {j.placement.node for j in running if j.placement is not None}
+        nodes = {n for j in running if j.placement is not None for n in j.placement.nodes}
         for n in list(self.silent_since):
             if n in live or n not in nodes:
                 del self.silent_since[n]
         ended = []
         for j in running:
-            node = j.placement.node if j.placement else ""
-            if node in live or j.started_at is None:
+            if j.started_at is None or j.placement is None:
                 continue  # unclaimed placements on a lost node go back at once (scheduler loop)
+            lost = [n for n in j.placement.nodes if n not in live and n not in j.gang_done]
+            if not lost:
+                continue  # (a job across nodes ends when any of its nodes is lost)
+            node = lost[0]
             since = self.silent_since.setdefault(node, now)
             if now - since < self.node_lost_s:
                 continue

@@ -32,7 +32,7 @@ from typing import Callable
 
 from gpuq import accounting, keys
 from gpuq.errors import GpuqError, JobNotFound, RecordSetAside, StoreUnavailable
-from gpuq.jobs.model import REQUEUE_EXIT_CODE, Job, JobState, Progress, StopKind
+from gpuq.jobs.model import REQUEUE_EXIT_CODE, Job, JobState, PartEnd, Placement, Progress, StopKind
 from gpuq.safefile import read_small
 from gpuq.store import Store
 from gpuq.workers import jobexec, runrecord
@@ -40,12 +40,15 @@ from gpuq.workers.cgroup import JobLimits
 from gpuq.workers.jobexec import Credentials, Launch, PreparedJob, StartFailed
 from gpuq.workers.env import build_job_env
 from gpuq.workers.joblog import CappedLog
-from gpuq.workers.launcher import WorkerContext, same_run
+from gpuq.workers.launcher import WorkerContext, same_placement, same_run
 from gpuq.workers.notify import notify_job_end
 
 STOP_POLL_S = 0.25
 PROGRESS_POLL_S = 2.0
 STORE_RETRY_MAX_S = 5.0
+#: a part of a job across nodes waits at most this long for the others (the leader gives the
+#: placement up after ``gang_start_timeout`` anyway; this bounds a supervisor cut off from Redis)
+GANG_WAIT_MAX_S = 3600.0
 _PROGRESS_FIELDS = (("step", int), ("total", int), ("epoch", int), ("loss", float), ("eta_s", float),
                     ("updated_at", float))
 _INT_MAX = 2**53
@@ -79,12 +82,27 @@ def supervisor_main(ctx: WorkerContext, job: Job, ready_fd: int) -> int:
     jobexec.prctl(jobexec.PR_SET_NAME, f"gpuq-sup-{job.id}".encode()[:15])
     jobexec.prctl(jobexec.PR_SET_CHILD_SUBREAPER, 1)  # orphans of the job come to us, to be reaped
     me = os.getpid()
-    assert job.started_at is not None
-    runrecord.write(ctx.paths.home, runrecord.RunRecord(job.id, job.started_at, me,
-                                                        runrecord.proc_start_ticks(me) or 0))
-    os.write(ready_fd, f"{me}\n".encode())
-    os.close(ready_fd)
-    store = Store.from_url(ctx.redis_url)
+    if job.started_at is None:  # a part of a job across nodes: ready now, then wait for every part
+        assert job.placed_at is not None  # the record's token until the run has one: the placement time
+        runrecord.write(ctx.paths.home, runrecord.RunRecord(job.id, job.placed_at, me,
+                                                            runrecord.proc_start_ticks(me) or 0))
+        os.write(ready_fd, f"{me}\n".encode())
+        os.close(ready_fd)
+        store = Store.from_url(ctx.redis_url)
+        started = wait_for_every_part(store, ctx, job)
+        if started is None:
+            runrecord.remove(ctx.paths.home, job.id, job.placed_at)
+            return 0  # the placement was given up (timeout, cancel, node lost): nothing was started
+        job = started
+        assert job.started_at is not None
+        runrecord.write(ctx.paths.home, runrecord.RunRecord(job.id, job.started_at, me,
+                                                            runrecord.proc_start_ticks(me) or 0))
+    else:
+        runrecord.write(ctx.paths.home, runrecord.RunRecord(job.id, job.started_at, me,
+                                                            runrecord.proc_start_ticks(me) or 0))
+        os.write(ready_fd, f"{me}\n".encode())
+        os.close(ready_fd)
+        store = Store.from_url(ctx.redis_url)
     try:
         Supervisor(store, ctx).run(job)
     except BaseException as e:  # the supervisor failed: its job must not be left running
@@ -95,6 +113,30 @@ def supervisor_main(ctx: WorkerContext, job: Job, ready_fd: int) -> int:
         ctx.containment.remove(job.id)
         runrecord.remove(ctx.paths.home, job.id, job.started_at)
     return 0
+
+
+def wait_for_every_part(store: Store, ctx: WorkerContext, placed: Job,
+                        clock: Callable[[], float] = time.monotonic) -> Job | None:
+    """The start barrier of a job across nodes, seen from one part: the job once the last part
+    was claimed (its run token set), or None when the placement was given up meanwhile (the
+    leader's ``gang_start_timeout``, a cancel, a lost node) or never resolves within
+    ``GANG_WAIT_MAX_S``.  No process of the job starts before this returns a job."""
+    deadline = clock() + GANG_WAIT_MAX_S
+    while clock() < deadline:
+        try:
+            j = store.get(placed.id)
+        except StoreUnavailable:
+            j = None
+        except (JobNotFound, RecordSetAside):
+            return None
+        if j is not None:
+            if not same_placement(j, placed):
+                return None
+            if j.started_at is not None:
+                return j
+        time.sleep(STOP_POLL_S)
+    _diag(ctx, f"job {placed.id}: gave up waiting for the other parts after {GANG_WAIT_MAX_S:g} s")
+    return None
 
 
 def retry_store(what: Callable[[], object], forever: bool = True, attempts_s: float = 60.0) -> object:
@@ -171,16 +213,33 @@ class Supervisor:
         return log_path, ckpt, progress
 
     def _limits(self, job: Job) -> JobLimits:
-        mine = set(job.placement.gpu_uuids) if job.placement else set()
+        mine = set(self._mine(job).gpu_uuids) if job.placement else set()
         deny = tuple(sorted(m for u, m in self.ctx.gpu_minors if u not in mine))
-        return JobLimits(deny_gpu_minors=deny)
+        own = tuple(sorted(m for u, m in self.ctx.gpu_minors if u in mine))
+        r = job.spec.resources
+        return JobLimits(mem_mib=r.host_mem_mib, cpus=r.cpus, deny_gpu_minors=deny, own_gpu_minors=own)
+
+    def _mine(self, job: Job) -> Placement:
+        """This node's part of the placement (the whole placement for a one-node job)."""
+        p = job.placement
+        assert p is not None
+        rank = p.rank_of(self.ctx.node) if p.is_gang else None
+        return p if rank is None else p.part(rank)
+
+    def _part_label(self, job: Job) -> str:
+        """``part 1 on node-b `` for a part of a job across nodes, else empty."""
+        p = job.placement
+        if p is None or not p.is_gang:
+            return ""
+        return f"part {p.rank_of(self.ctx.node)} on {self.ctx.node} "
 
     def _fork_job(self, job: Job) -> tuple[PreparedJob, int, list[str]]:
         """Create the job's cgroup and fork its process, which joins the cgroup, drops to the user
         and enters the cwd while we go on (see :mod:`gpuq.workers.jobexec`); it waits for ``go``."""
-        p = self.ctx.paths
-        sim_dir = str(p.simulated_gpu_usage) if self.ctx.simulated else None
-        env = build_job_env(job, str(p.job_checkpoint_dir(job.id)), str(p.job_progress_file(job.id)), sim_dir)
+        paths = self.ctx.paths
+        sim_dir = str(paths.simulated_gpu_usage) if self.ctx.simulated else None
+        env = build_job_env(job, str(paths.job_checkpoint_dir(job.id)), str(paths.job_progress_file(job.id)),
+                            sim_dir, node=self.ctx.node)
         drop: Credentials | None = None
         if os.geteuid() == 0 and job.owner.uid != 0:
             drop = Credentials(job.owner.uid, job.owner.gid, tuple(job.owner.groups))
@@ -191,9 +250,9 @@ class Supervisor:
         out_r, out_w = os.pipe()
         try:
             child = jobexec.prepare(Launch(
-                argv=tuple(job.spec.argv), env=env, cwd=job.spec.cwd, user=job.owner.user, name=f"gpuq-start-{job.id}",
-                drop_to=drop,
-                join_files=tuple(self.c.join_files(job.id)), stdout_fd=out_w))
+                argv=tuple(job.spec.argv), env=env, cwd=job.spec.cwd, user=job.owner.user,
+                name=f"gpuq-start-{job.id}", drop_to=drop, join_files=tuple(self.c.join_files(job.id)),
+                stdout_fd=out_w))
         except BaseException:
             os.close(out_r)
             raise
@@ -204,13 +263,15 @@ class Supervisor:
         return child, out_r, notes
 
     def _go(self, job: Job, child: PreparedJob, log: CappedLog, notes: list[str]) -> None:
-        p = job.placement
-        assert p is not None
+        """Log the start, let the prepared child exec, and record its pid."""
+        p = self._mine(job)
         gpus = ",".join(str(i) for i in p.gpu_indices) or "none (CPU only)"
         for note in notes:
             log.note(note)
-        log.note(f"job {job.id} run {job.requeues + 1} starting on {p.node}, GPUs {gpus}, "
-                 f"CUDA_VISIBLE_DEVICES={self._visible}, contained by {self.c.name}")
+        r = job.spec.resources
+        limits = (f", --mem {r.host_mem_mib} MiB" if r.host_mem_mib else "") + (f", --cpus {r.cpus:g}" if r.cpus else "")
+        log.note(f"job {job.id} run {job.requeues + 1} {self._part_label(job)}starting on {p.node}, GPUs {gpus}, "
+                 f"CUDA_VISIBLE_DEVICES={self._visible}, contained by {self.c.name}{limits}")
         child.go()
         self._buffered = (child.pid, gpus)
         self._record_pid(job)
@@ -221,8 +282,10 @@ class Supervisor:
             return
         pid, gpus = self._buffered
         assert job.placement is not None
-        self.store.update(job.id, lambda j: j.with_changes(pid=pid) if same_run(j, job) else None,
-                          self.clock(), event=f"started pid {pid} on {job.placement.node} GPUs {gpus}")
+        # a job across nodes records rank 0's pid (the others' pids are in their events and heartbeats)
+        rank0 = not job.placement.is_gang or job.placement.rank_of(self.ctx.node) == 0
+        self.store.update(job.id, lambda j: (j.with_changes(pid=pid) if rank0 else j) if same_run(j, job) else None,
+                          self.clock(), event=f"{self._part_label(job)}started pid {pid} on {self.ctx.node} GPUs {gpus}")
         self._buffered = None
 
     # ---- the run ------------------------------------------------------------------------------
@@ -327,7 +390,14 @@ class Supervisor:
                             log.note("the job's record is gone or unreadable: stopping it")
                         elif current is not None and not same_run(current, job):
                             stop_kind, stop_by = StopKind.CANCEL, "gpuq (a newer run)"
-                            log.note("this run is no longer the job's current run")
+                            if job.placement is not None and job.placement.is_gang and not current.state.active:
+                                log.note(f"the job ended ({current.state.value}: {current.end_reason}): "
+                                         "stopping this part")
+                            else:
+                                log.note("this run is no longer the job's current run")
+                        elif current is not None and current.gang_end is not None:
+                            stop_kind, stop_by = StopKind.CANCEL, "gpuq (another part ended the job)"
+                            log.note(f"{current.gang_end.reason}: the job ends; stopping this part")
                         elif current is not None and current.stop_request is not None:
                             stop_kind, stop_by = current.stop_request.kind, current.stop_request.by
                         elif accounting.out_of_time(job, now):  # the limit counts every run of the job
@@ -358,7 +428,11 @@ class Supervisor:
             self._pump(out_r, log)
         os.close(out_r)
         run_s = self.clock() - started
-        return retry_store(lambda: self._finish(job, rc, stop_kind, timed_out, run_s, stop_by))  # type: ignore[return-value]
+        oom = self.c.oom_kills(job.id)  # read before the cgroup is removed
+        if oom:
+            log.note(f"the kernel's OOM killer killed {oom} process(es) of the job: it used more than its "
+                     f"--mem of {job.spec.resources.host_mem_mib} MiB")
+        return retry_store(lambda: self._finish(job, rc, stop_kind, timed_out, run_s, stop_by, oom))  # type: ignore[return-value]
 
     def _pump(self, fd: int, log: CappedLog) -> bool:
         """Copy what the job wrote to its log; False at end of output."""
@@ -410,7 +484,7 @@ class Supervisor:
     # ---- the end ------------------------------------------------------------------------------
 
     def _finish(self, job: Job, rc: int | None, stop_kind: StopKind | None, timed_out: bool, run_s: float,
-                stop_by: str = "") -> str:
+                stop_by: str = "", oom_kills: int = 0) -> str:
         now = self.clock()
         gpu_share = accounting.gpu_share(job)  # one accounting: gpuq/accounting.py
         signal_note = f" (killed by signal {-rc})" if rc is not None and rc < 0 else ""
@@ -423,26 +497,51 @@ class Supervisor:
             to, reason = JobState.PENDING, f"requeued ({stop_kind.value})"
         elif timed_out:
             to, reason = JobState.TIMEOUT, f"time limit of {job.spec.time_limit_s:g} s reached"
+        elif oom_kills:  # the cgroup's own count: a job over its --mem, whatever exit status followed
+            to, reason = JobState.FAILED, (f"out of memory: the kernel killed {oom_kills} of its processes for "
+                                           f"going over --mem {job.spec.resources.host_mem_mib} MiB "
+                                           f"(exited {rc}{signal_note}); ask for more --mem")
         elif rc == REQUEUE_EXIT_CODE:
             to, reason = JobState.PENDING, f"requeued (exited {REQUEUE_EXIT_CODE}: checkpointed)"
         else:
             to, reason = JobState.FAILED, f"exited {rc}{signal_note}"
+        gang = job.placement is not None and job.placement.is_gang
+        if gang and stop_kind is None:  # a part's own end (not a stop of the whole job) names the part
+            reason = self._part_label(job) + reason
+
+        mine = PartEnd(to, rc, reason)
 
         def change(j: Job) -> Job | None:
             if not same_run(j, job):
-                return None  # reconciled or re-placed meanwhile: never overwrite a newer run
-            common = dict(accounting.end_of_run(j, run_s), end_reason=reason)
-            if to is JobState.PENDING:
-                return j.transition(to, requeues=j.requeues + 1, **common)
-            return j.transition(to, ended_at=now, exit_code=rc, **common)
+                return None  # reconciled, re-placed or ended meanwhile: never overwrite a newer run
+            end = mine
+            if gang:  # the job ends with its last part, as its first part that did not exit 0 said
+                assert j.placement is not None
+                done = tuple(dict.fromkeys(j.gang_done + (self.ctx.node,)))
+                first = j.gang_end or (None if mine.state is JobState.COMPLETED else mine)
+                if len(done) < len(j.placement.parts):
+                    return j.with_changes(gang_done=done, gang_end=first)
+                end = first or PartEnd(JobState.COMPLETED, 0, "every part exited 0")
+            common = dict(accounting.end_of_run(j, run_s), end_reason=end.reason)
+            if end.state is JobState.PENDING:
+                return j.transition(end.state, requeues=j.requeues + 1, **common)
+            return j.transition(end.state, ended_at=now, exit_code=end.exit_code, **common)
 
-        done = self.store.update(job.id, change, now, event=f"{to.value}: {reason}", wake=False,
-                                 also=lambda pipe, _j: pipe.delete(keys.job_heartbeat(job.id)))
+        def event(j: Job) -> str:
+            if j.state is JobState.RUNNING:
+                return f"{self._part_label(j)}ended ({reason}); waiting for the other parts to end"
+            return f"{j.state.value}: {j.end_reason}"
+
+        done = self.store.update(job.id, change, now, event=event, wake=False,
+                                 also=lambda pipe, j: pipe.delete(keys.job_heartbeat(job.id))
+                                 if j.state is not JobState.RUNNING else None)
+        if done is not None and done.state is JobState.RUNNING:
+            return f"{reason}; the other parts still run"
         if done is not None and gpu_share > 0 and run_s > 0:
             self._add_usage(job.owner.user, gpu_share, now - run_s, now)
         self.store.wake("job ended")  # one wake, after usage is recorded
         notify_job_end(done)
-        return f"{to.value}: {reason}"
+        return f"{to.value}: {reason}" if done is None else f"{done.state.value}: {done.end_reason}"
 
     def _add_usage(self, user: str, gpus: float, started_at: float, ended_at: float) -> None:
         """Fair-share usage of this run, counted exactly as plan() counted it while it ran."""

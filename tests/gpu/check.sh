@@ -64,7 +64,7 @@ while gpuq status "$f" --json | grep -qE '"state": "(pending|running)"'; do slee
 gpuq logs "$f"
 check "a --fraction 0.25 job could not allocate beyond its share" "gpuq status $f --json | grep -q '\"exit_code\": 0'"
 echo "== containment: $(gpuq status --json | "$PY" -c "import json,sys; print(json.load(sys.stdin)['nodes'][0].get('containment', '?'))")"
-echo "== device isolation: a job that unsets CUDA_VISIBLE_DEVICES sees only its own GPU (devices controller)"
+echo "== device isolation: a job that unsets CUDA_VISIBLE_DEVICES sees only its own GPU (v1 devices controller, or gpuq's eBPF device program under v2)"
 d=$(gpuq submit -q --gpus 1 -- env -u CUDA_VISIBLE_DEVICES "$PY" -c "import json,torch; json.dump({'n': torch.cuda.device_count()}, open('d.json','w'))")
 gpuq wait "$d" >/dev/null 2>&1 || true
 check "a job without CUDA_VISIBLE_DEVICES sees at most its one GPU" "$PY -c \"import json; raise SystemExit(0 if json.load(open('d.json'))['n'] <= 1 else 1)\""
@@ -74,5 +74,11 @@ for _ in $(seq 100); do gpuq status "$o" --json | grep -q 'GPU memory over-use' 
 check "the over-use is an event on the job" "gpuq status $o --json | grep -q 'GPU memory over-use'"
 check "and a warning in gpuq status" "gpuq status | grep -q 'Warning: job $o uses'"
 gpuq cancel "$o" >/dev/null 2>&1 || true
+echo "== host memory limit: a job over its --mem is OOM-killed and fails saying so (where a memory controller exists)"
+m=$(gpuq submit -q --gpus 0 --mem 128MiB -- "$PY" -c "x = [b'1' * 2**24 for _ in range(64)]")
+gpuq wait "$m" >/dev/null 2>&1 || true
+gpuq status "$m"
+check "a job over its --mem fails with 'out of memory' (or status says it cannot be enforced here)" \
+  "gpuq status $m --json | grep -q 'out of memory' || gpuq status | grep -qE 'not enforced here: --mem|cgroups unavailable'"
 echo "== $fails check(s) failed"
 exit $fails

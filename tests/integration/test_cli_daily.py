@@ -63,6 +63,13 @@ def test_a_mistyped_option_is_an_error_naming_the_right_one(open_tmp):
                "has no unit", "10GiB or 10MiB")
     v = run_cli(open_tmp / "nowhere", "--version")
     assert v.rc == 0 and v.out.startswith("gpuq ")
+    # `gpuq` alone prints the help, as it is (not squeezed into an error line)
+    r = run_cli(open_tmp / "nowhere", cwd=open_tmp)
+    assert r.rc == 2 and r.err.startswith("Usage: gpuq [OPTIONS] COMMAND") and "\n  submit " in r.err, r.err
+    # a mistyped command: the closest one, said once (click and typer each offer it)
+    r = run_cli(open_tmp / "nowhere", "stauts", cwd=open_tmp)
+    _one_error(r, "No such command 'stauts'", "Did you mean 'status'?")
+    assert r.err.count("Did you mean") == 1 and not r.err.startswith("gpuq: gpuq:"), r.err
 
 
 def test_a_bare_simulated_gpu_size_is_refused(open_tmp):

@@ -97,3 +97,32 @@ def test_status_watch_redraws_in_place(daemon, open_tmp):
     assert out.startswith(b"\x1b[?1049h") and b"\x1b[?1049l" in out  # alternate screen, restored on Ctrl-C
     assert os.WEXITSTATUS(status) == 0
     daemon.cli("cancel", str(j))
+
+
+def test_status_stays_short_when_another_user_queues_many_jobs(daemon, open_tmp, test_users):
+    """Issue 7.3: another user's 1,000 waiting jobs are one line of my `gpuq status`, not 1,000;
+    `--user`, `--all` and `--json` still list every one (here 30 jobs; the cut is at 10)."""
+    alice, bob = test_users
+    for _ in range(2):  # both GPUs busy: alice's jobs below wait
+        daemon.wait_pid(daemon.submit("--gpus", "1", "--name", "a-run", "--", "sleep", "600", cwd=open_tmp,
+                                      user=alice))
+    waiting = [daemon.submit("--gpus", "1", "--name", f"a-wait-{i}", "--", "true", cwd=open_tmp, user=alice)
+               for i in range(30)]
+    assert daemon.cli("hold", str(waiting[-1]), user=alice).rc == 0
+    mine = daemon.submit("--gpus", "1", "--name", "b-mine", "--", "true", cwd=open_tmp, user=bob)
+
+    out = daemon.cli("status", user=bob).out
+    table = out.split("\n\n")[0].splitlines()
+    assert sum("a-run" in ln for ln in table) == 2  # running jobs are always listed
+    assert sum("b-mine" in ln for ln in table) == 1  # and all of mine
+    assert not any("a-wait-" in ln for ln in table), out  # alice's waiting jobs: one line instead
+    (summary,) = [ln for ln in table if "not listed" in ln]
+    assert f"{waiting[0]}-{waiting[-1]}" in summary and "29 pending, 1 held" in summary and alice in summary
+    assert len(table) == 1 + 2 + 1 + 1, out  # header, running, mine, the summary
+
+    assert daemon.cli("status", "--user", alice, user=bob).out.count("a-wait-") == 30
+    assert daemon.cli("status", "--all", user=bob).out.count("a-wait-") == 30
+    listed = daemon.cli("status", "--json", user=bob).json()["jobs"]
+    assert sum(j["spec"]["name"].startswith("a-wait-") for j in listed) == 30
+    assert daemon.cli("status", user=alice).out.count("a-wait-") == 30  # her own: every one
+    assert daemon.cli("status", str(mine), "--json", user=bob).json()["state"] == "pending"

@@ -20,6 +20,9 @@ def test_a_good_request_becomes_a_typed_one():
     req = parse_submit({**GOOD, "gpus": 2, "gpu_mem": "10GiB", "time_limit": "2h", "after": [3]})
     assert req.argv == ("true",) and req.gpus == 2 and req.gpu_mem_mib == 10240 and req.time_limit_s == 7200
     assert req.after and req.notes == ()
+    req = parse_submit({**GOOD, "gpus": 0, "mem": "1.5GiB", "cpus": "0.5"})
+    assert req.host_mem_mib == 1536 and req.cpus == 0.5
+    assert parse_submit({**GOOD, "cpus": 3}).cpus == 3.0
 
 
 @pytest.mark.parametrize("change, needle", [
@@ -33,6 +36,10 @@ def test_a_good_request_becomes_a_typed_one():
     ({"name": "x" * 201}, "longer than 200"), ({"priority": 10**30}, "out of range"),
     ({"exclusive": "yes"}, "true or false"), ({"bogus": 1}, "unknown field"),
     ({"env": {"BIG": "x" * 70000}}, "64 KiB"),
+    ({"mem": "10"}, "no unit"), ({"mem": "8MiB"}, "too little"), ({"mem": 4096}, "no unit"),
+    ({"mem": "2000TiB"}, "larger than"), ({"cpus": "0.001"}, "out of range"), ({"cpus": "nan"}, "out of range"),
+    ({"cpus": math.inf}, "finite"), ({"cpus": "1e400"}, "out of range"), ({"cpus": True}, "like the command line"),
+    ({"cpus": "4 cores"}, "not a number"), ({"cpus": 5000}, "out of range"),
 ])
 def test_bad_submit_fields_are_refused_with_a_sentence(change, needle):
     with pytest.raises(InvalidInput, match=needle) as e:

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from gpuq.errors import ConfigError, PermissionDenied
+from gpuq.errors import ConfigError
 from gpuq.gpus import GpuInfo, NodeSnapshot
 from gpuq.jobs.model import Job, JobSpec, JobState, Owner, Placement, Resources, StopKind, StopRequest
 from gpuq.scheduler.config import UserLimits
-from gpuq.scheduler.config import check_submit_limits
 from gpuq.scheduler.config import PolicyConfig
 from gpuq.scheduler.ordering import PendingIndex
 from gpuq.scheduler.policy import plan
@@ -70,13 +69,6 @@ def test_user_gpu_limit():
     assert [s.job_id for s in p.starts] == [3]
     assert p.reasons[2] == "user limit: you have 4/4 GPUs in use"
     assert p.reasons[4] == "user limit: you have 1/1 GPUs in use"
-
-
-def test_submit_limit():
-    cfg = PolicyConfig(default_limits=UserLimits(max_pending=2))
-    check_submit_limits("alice", 1, cfg)
-    with pytest.raises(PermissionDenied, match="limit is 2"):
-        check_submit_limits("alice", 2, cfg)
 
 
 def test_fair_share_orders_light_user_first():
