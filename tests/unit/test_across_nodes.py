@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from gpuq.daemon.schema import parse_submit
 from gpuq.errors import InvalidInput
@@ -153,3 +155,41 @@ def test_a_running_job_across_nodes_can_be_preempted_whole():
     cfg = PolicyConfig(policy="las", preemption="checkpointable", min_run_s=600.0)
     p = plan([job(2, Resources(gpus=1), sub=10.0)], run, nodes, {}, cfg, 700.0)
     assert [x.job_id for x in p.preempts] == [1]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.integers(1, 4), min_size=2, max_size=5), st.lists(st.tuples(st.integers(0, 4), st.integers(0, 3)),
+                                                                      max_size=6),
+       st.lists(st.tuples(st.integers(1, 3), st.integers(1, 3)), min_size=1, max_size=8),
+       st.sampled_from(["default", "fifo", "fairshare", "las"]))
+def test_jobs_across_nodes_get_exact_counts_on_distinct_nodes_and_never_share_a_gpu(sizes, busy, requests, policy):
+    nodes = [node(f"n{k}", n) for k, n in enumerate(sizes)]
+    taken: dict[str, int] = {}  # uuid -> holders (running one-GPU jobs)
+    running = []
+    for i, (k, g) in enumerate(busy):
+        if k < len(nodes) and g < sizes[k] and f"GPU-n{k}-{g}" not in taken:
+            uuid = f"GPU-n{k}-{g}"
+            taken[uuid] = 1
+            pl = Placement(f"n{k}", (uuid,), (g,), (16 * GIB,), (None,), (16 * GIB,))
+            running.append(job(100 + i, Resources(gpus=1)).transition(JobState.RUNNING, placement=pl, placed_at=0.0,
+                                                                       started_at=0.0))
+    pending = [job(i + 1, gang(per, n) if n > 1 else Resources(gpus=per), user=f"u{i % 3}", sub=float(i))
+               for i, (per, n) in enumerate(requests)]
+    p = plan(pending, running, nodes, {}, PolicyConfig(policy=policy), 10.0)
+    by_id = {j.id: j for j in pending}
+    for s in p.starts:
+        res, pl = by_id[s.job_id].spec.resources, s.placement
+        assert len(pl.gpu_uuids) == res.gpus == len(set(pl.gpu_uuids))
+        if res.nodes > 1:
+            assert len(pl.parts) == res.nodes == len(set(pl.nodes))
+            for r, part in enumerate(pl.parts):
+                mine = pl.part(r)
+                assert part.gpus == res.gpus_per_node == len(mine.gpu_uuids)
+                assert all(u.startswith(f"GPU-{part.node}-") for u in mine.gpu_uuids)
+        else:
+            assert not pl.parts and all(u.startswith(f"GPU-{pl.node}-") for u in pl.gpu_uuids)
+        for u in pl.gpu_uuids:
+            assert u not in taken, f"GPU {u} given twice"
+            taken[u] = 1
+    started = {s.job_id for s in p.starts}
+    assert set(p.reasons) == {j.id for j in pending} - started
