@@ -108,7 +108,10 @@ def supervisor_main(ctx: WorkerContext, job: Job, ready_fd: int) -> int:
     except BaseException as e:  # the supervisor failed: its job must not be left running
         _diag(ctx, f"job {job.id}: supervisor failed: {traceback.format_exc()}")
         ctx.containment.kill_all(job.id)
-        fail_run(store, job, f"its supervisor failed ({type(e).__name__}: {e})", forever=True)
+        try:
+            fail_run(store, job, f"its supervisor failed ({type(e).__name__}: {e})", forever=True, home=ctx.paths.home)
+        except StoreUnavailable:
+            _diag(ctx, f"job {job.id}: its state directory is gone and so is its store: the supervisor leaves")
     finally:
         ctx.containment.remove(job.id)
         runrecord.remove(ctx.paths.home, job.id, job.started_at)
@@ -139,8 +142,11 @@ def wait_for_every_part(store: Store, ctx: WorkerContext, placed: Job,
     return None
 
 
-def retry_store(what: Callable[[], object], forever: bool = True, attempts_s: float = 60.0) -> object:
-    """Call ``what`` until Redis answers: a supervisor never gives up on recording its job."""
+def retry_store(what: Callable[[], object], forever: bool = True, attempts_s: float = 60.0,
+                home: Path | None = None) -> object:
+    """Call ``what`` until Redis answers: a supervisor never gives up on recording its job, unless
+    its daemon's state directory ``home`` is gone (the install or the test that made it was
+    removed: nothing will ever read the record, and waiting for ever would leak the supervisor)."""
     deadline = time.monotonic() + attempts_s
     delay = 0.2
     while True:
@@ -149,16 +155,18 @@ def retry_store(what: Callable[[], object], forever: bool = True, attempts_s: fl
         except StoreUnavailable:
             if not forever and time.monotonic() > deadline:
                 raise
+            if home is not None and not home.is_dir():
+                raise
             time.sleep(delay)
             delay = min(delay * 2, STORE_RETRY_MAX_S)
 
 
-def fail_run(store: Store, job: Job, reason: str, forever: bool = False) -> None:
+def fail_run(store: Store, job: Job, reason: str, forever: bool = False, home: Path | None = None) -> None:
     """End run ``job`` as failed with ``reason`` (only while it is still that run)."""
     now = time.time()
     retry_store(lambda: store.update(
         job.id, lambda j: j.transition(JobState.FAILED, ended_at=now, exit_code=127, end_reason=reason)
-        if same_run(j, job) else None, now, event=f"failed: {reason}"), forever=forever)
+        if same_run(j, job) else None, now, event=f"failed: {reason}"), forever=forever, home=home)
 
 
 def parse_progress(raw: bytes) -> Progress | None:
@@ -338,7 +346,7 @@ class Supervisor:
                 if out_r >= 0:
                     os.close(out_r)
                 self.c.kill_all(job.id)
-                fail_run(self.store, job, reason, forever=True)
+                fail_run(self.store, job, reason, forever=True, home=self.ctx.paths.home)
                 return reason
             try:
                 return self._watch(job, child, out_r, log, self.ctx.paths.job_progress_file(job.id))
@@ -432,7 +440,8 @@ class Supervisor:
         if oom:
             log.note(f"the kernel's OOM killer killed {oom} process(es) of the job: it used more than its "
                      f"--mem of {job.spec.resources.host_mem_mib} MiB")
-        return retry_store(lambda: self._finish(job, rc, stop_kind, timed_out, run_s, stop_by, oom))  # type: ignore[return-value]
+        return retry_store(lambda: self._finish(job, rc, stop_kind, timed_out, run_s, stop_by, oom),  # type: ignore[return-value]
+                           home=self.ctx.paths.home)
 
     def _pump(self, fd: int, log: CappedLog) -> bool:
         """Copy what the job wrote to its log; False at end of output."""

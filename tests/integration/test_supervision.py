@@ -314,6 +314,27 @@ def test_reused_embedded_redis_that_dies_is_restarted(make_daemon, open_tmp):
     assert d.job(j)["state"] == "completed"
 
 
+def test_a_supervisor_whose_store_and_state_directory_are_gone_leaves(make_daemon, open_tmp):
+    """A supervisor waits for ever for Redis to come back, except when the daemon's state
+    directory is gone too (the install was purged): then nothing will ever read its record."""
+    d = make_daemon("--simulate-gpus", "1x24GiB", "--node", "purged")
+    j = d.submit("--gpus", "0", "--", "sleep", "2", cwd=open_tmp)
+    d.wait_state(j, "running")
+    d.wait_pid(j)
+    sup = _supervisor_of(d, j)
+    redis_pid = next(int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and (p / "cmdline").exists()
+                     and b"redis-server" in (p / "cmdline").read_bytes()
+                     and str(d.home).encode() in (p / "cmdline").read_bytes())
+    d.proc.send_signal(signal.SIGKILL)
+    d.proc.wait(10)
+    os.kill(redis_pid, signal.SIGKILL)
+    shutil.rmtree(d.home)
+    deadline = time.monotonic() + 30  # the job ends after 2 s; one failed write later, it leaves
+    while _alive(sup):
+        assert time.monotonic() < deadline, "the supervisor is still retrying a store that is gone"
+        time.sleep(0.2)
+
+
 def test_a_lost_node_has_its_jobs_requeued_and_its_stale_processes_fenced(make_daemon, redis_server, open_tmp):
     cfg = _config(open_tmp, 'node_lost_timeout = "3s"\nnode_ttl = "2s"')
     a = make_daemon("--simulate-gpus", "1x16GiB", "--node", "keep", "--redis-url", redis_server, "--config", str(cfg))
