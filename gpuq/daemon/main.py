@@ -186,6 +186,10 @@ class Daemon:
                 agent.shutdown(cfg.grace_s, drain=cfg.drain)
             except StoreUnavailable as e:
                 log.error("could not stop jobs cleanly: %s", e)
+            try:  # nothing left running here (a drain, an idle node): leave no empty cgroup behind
+                containment.remove_scope()
+            except OSError as e:
+                log.warning("could not remove this daemon's cgroup directory: %s", e)
             try:
                 store.r.close()
             except Exception:  # closing a dead connection may fail; nothing to keep

@@ -69,6 +69,8 @@ class Containment(Protocol):
 
     def remove(self, job_id: int) -> None: ...
 
+    def remove_scope(self) -> None: ...  # this daemon's own directory, once no job's cgroup is left in it
+
     def jobs(self) -> list[int]: ...
 
 
@@ -114,6 +116,15 @@ def _rmdir_if_done(d: Path) -> None:
         pass
     except OSError as e:
         if e.errno != errno.EBUSY:
+            raise
+
+
+def _rmdir_if_empty(d: Path) -> None:
+    """Remove a daemon's scope directory; one that still holds a job's cgroup (or is gone) stays as it is."""
+    try:
+        d.rmdir()
+    except OSError as e:
+        if e.errno not in (errno.ENOENT, errno.ENOTEMPTY, errno.EBUSY):
             raise
 
 
@@ -246,6 +257,9 @@ class CgroupV2:
     def remove(self, job_id: int) -> None:
         _rmdir_if_done(self._dir(job_id))
 
+    def remove_scope(self) -> None:
+        _rmdir_if_empty(self.base)
+
     def jobs(self) -> list[int]:
         return _job_ids(self.base)
 
@@ -339,6 +353,10 @@ class CgroupV1:
         for d in self._dirs(job_id).values():
             _rmdir_if_done(d)
 
+    def remove_scope(self) -> None:
+        for c in self.controllers:
+            _rmdir_if_empty(self.root / c / BASE / self.node)
+
     def jobs(self) -> list[int]:
         return _job_ids(self.root / self.controllers[0] / BASE / self.node)
 
@@ -370,6 +388,9 @@ class ProcessGroupOnly:
         return 0
 
     def remove(self, job_id: int) -> None:
+        pass
+
+    def remove_scope(self) -> None:
         pass
 
     def jobs(self) -> list[int]:

@@ -81,6 +81,31 @@ def test_cancel_kills_processes_that_left_the_session(make_daemon, open_tmp, mod
     assert not _alive(bg), "a process in its own process group survived the cancel"
 
 
+@pytest.mark.parametrize("mode", ["v1", "v2"])
+def test_a_daemon_stopped_with_nothing_running_leaves_no_cgroup_directory(make_daemon, open_tmp, mode):
+    """Its scope (``gpuq/<node>.<store id>``) goes with it, unless a job still runs in it."""
+    node = f"tidy{mode}{os.getpid()}"
+    cfg = _config(open_tmp, f'cgroups = "{mode}"')
+    d = make_daemon("--simulate-gpus", "1x24GiB", "--grace", "1s", "--node", node, "--config", str(cfg))
+    j = d.submit("--gpus", "0", "--", "true", cwd=open_tmp)
+    d.wait_state(j, "completed", timeout=30)
+    scopes = list(Path("/sys/fs/cgroup").glob(f"*/gpuq/{node}.*"))
+    assert scopes, "the job ran without a cgroup scope"
+    running = d.submit("--gpus", "0", "--", "sleep", "600", cwd=open_tmp)
+    d.wait_pid(running)
+    assert d.stop() == 0  # plain SIGTERM: the job keeps running, so its scope stays
+    assert all(s.is_dir() for s in scopes)
+    d.start()
+    assert d.cli("cancel", str(running)).rc == 0
+    d.wait_state(running, "cancelled", timeout=30)
+    deadline = time.monotonic() + 10  # its supervisor removes the job's cgroup as it leaves
+    while any(s.is_dir() and any(s.glob("job-*")) for s in scopes):
+        assert time.monotonic() < deadline, [list(s.iterdir()) for s in scopes]
+        time.sleep(0.1)
+    assert d.stop() == 0
+    assert not [s for s in scopes if s.exists()], "the stopped daemon left its cgroup directory behind"
+
+
 def test_without_cgroups_the_log_and_status_say_so(make_daemon, open_tmp):
     cfg = _config(open_tmp, 'cgroups = "off"')
     d = make_daemon("--simulate-gpus", "1x24GiB", "--node", "nocg", "--config", str(cfg))
