@@ -97,11 +97,16 @@ def parse_duration_s(text: str, what: str = "duration") -> float:
     return seconds
 
 
+def _bounded_float(text: str | float) -> float:
+    """``float(text)`` for text of sane length (ValueError otherwise: no 400-digit numbers)."""
+    if len(str(text)) > _MAX_TEXT:
+        raise ValueError("too long")
+    return float(text)
+
+
 def parse_fraction(text: str | float) -> float:
     try:
-        if len(str(text)) > _MAX_TEXT:
-            raise ValueError("too long")
-        f = float(text)
+        f = _bounded_float(text)
     except (TypeError, ValueError):
         raise InvalidInput(f"fraction {_shown(text)} is not a number: give a share of one GPU between 0 and 1, like 0.25.") from None
     if not (0 < f <= 1) or math.isnan(f):
@@ -112,9 +117,7 @@ def parse_fraction(text: str | float) -> float:
 def parse_cpus(text: str | float, lo: float, hi: float) -> float:
     """``--cpus``: a number of CPUs, fractions allowed (``0.5``, ``2``, ``1.5``), from ``lo`` to ``hi``."""
     try:
-        if len(str(text)) > _MAX_TEXT:
-            raise ValueError("too long")
-        n = float(text)
+        n = _bounded_float(text)
     except (TypeError, ValueError):
         raise InvalidInput(f"--cpus {_shown(text)} is not a number: give a number of CPUs like 4 or 0.5.") from None
     if not lo <= n <= hi:  # NaN fails this too

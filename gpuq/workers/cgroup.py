@@ -109,22 +109,14 @@ def _oom_kill_count(path: Path) -> int:
 
 
 def _rmdir_if_done(d: Path) -> None:
-    """Remove a job's cgroup directory; one already gone or still busy (a member not yet reaped) stays as it is."""
+    """Remove a cgroup directory (a job's, or a daemon's scope); one already gone or still busy (a
+    member not yet reaped, a job's cgroup still inside) stays as it is."""
     try:
         d.rmdir()
     except FileNotFoundError:
         pass
     except OSError as e:
         if e.errno != errno.EBUSY:
-            raise
-
-
-def _rmdir_if_empty(d: Path) -> None:
-    """Remove a daemon's scope directory; one that still holds a job's cgroup (or is gone) stays as it is."""
-    try:
-        d.rmdir()
-    except OSError as e:
-        if e.errno not in (errno.ENOENT, errno.ENOTEMPTY, errno.EBUSY):
             raise
 
 
@@ -258,7 +250,7 @@ class CgroupV2:
         _rmdir_if_done(self._dir(job_id))
 
     def remove_scope(self) -> None:
-        _rmdir_if_empty(self.base)
+        _rmdir_if_done(self.base)
 
     def jobs(self) -> list[int]:
         return _job_ids(self.base)
@@ -355,7 +347,7 @@ class CgroupV1:
 
     def remove_scope(self) -> None:
         for c in self.controllers:
-            _rmdir_if_empty(self.root / c / BASE / self.node)
+            _rmdir_if_done(self.root / c / BASE / self.node)
 
     def jobs(self) -> list[int]:
         return _job_ids(self.root / self.controllers[0] / BASE / self.node)
