@@ -80,5 +80,16 @@ gpuq wait "$m" >/dev/null 2>&1 || true
 gpuq status "$m"
 check "a job over its --mem fails with 'out of memory' (or status says it cannot be enforced here)" \
   "gpuq status $m --json | grep -q 'out of memory' || gpuq status | grep -qE 'not enforced here: --mem|cgroups unavailable'"
+echo "== freed GPU -> next job's first line (issue 8's target: 0.5 s): A holds the whole GPU with 4 GiB, B waits for it"
+lat=()
+for k in 1 2 3 4 5; do
+  A=$(gpuq submit -q --gpus 1 alloc_torch.py 4096 3 "lat-a$k.json")
+  B=$(gpuq submit -q --gpus 1 -- "$PY" -I -S -c "import time; open('lat-b$k.t', 'w').write(repr(time.time()))")
+  gpuq wait "$A" "$B" >/dev/null 2>&1 || true
+  lat+=("$("$PY" -c "import json; print(float(open('lat-b$k.t').read()) - json.load(open('lat-a$k.json'))['end'])" 2>/dev/null || echo nan)")
+done
+echo "latencies (s): ${lat[*]}"
+check "freed GPU -> next job's first line: median of 5 at most 0.5 s" \
+  "$PY -c \"import statistics, sys; xs = [float(x) for x in sys.argv[1:]]; print('median', statistics.median(xs)); raise SystemExit(0 if statistics.median(xs) <= 0.5 else 1)\" ${lat[*]}"
 echo "== $fails check(s) failed"
 exit $fails
