@@ -232,7 +232,9 @@ class Harness:
         roll = self.rng.random()
         if roll < 0.25:
             got = self.api("POST", "/v1/jobs/cancel", {"ids": [j["id"]]}, user=user)
-            if got is not None and 200 <= got[0] < 300:
+            # acknowledged: the request succeeded and so did the cancel of the job (a store outage
+            # answers 200 with {"ok": false} for the job: nothing was cancelled)
+            if got is not None and 200 <= got[0] < 300 and all(r.get("ok") for r in got[1].get("results", [{}])):
                 self.rec.cancelled.setdefault(j["id"], time.time())
         elif roll < 0.4 and j["state"] == "running" and j["spec"].get("checkpointable"):
             got = self.api("POST", "/v1/jobs/requeue", {"ids": [j["id"]]}, user=user)
