@@ -4,14 +4,16 @@ The RQ payload is only the job id.  :func:`run_job`
 
 1. claims the placement: sets ``started_at``, which is the run's token (only one worker can
    claim a placement; every later record change of this run is fenced by it),
-2. forks a detached supervisor (:mod:`gpuq.workers.supervisor`): its own session, re-parented
-   away from the worker, stdin/stdout/stderr on /dev/null, named ``gpuq-sup-<id>``,
-3. waits until the supervisor has written its local record, and returns.
+2. hands the job to the worker's spare supervisor (:mod:`gpuq.workers.spare`: forked ahead of
+   time, detached, connected), or, if the spare is gone, forks a detached supervisor
+   (:mod:`gpuq.workers.supervisor`): its own session, re-parented away from the worker,
+   stdin/stdout/stderr on /dev/null, named ``gpuq-sup-<id>``,
+3. waits until the supervisor has written its local record, forks the next spare, and returns.
 
 So RQ workers are busy for milliseconds per job: a few of them serve any number of running
 jobs, and a placed GPU job finds a free worker at once however many CPU jobs run.
 
-The supervisor is forked from the work horse rather than exec'd as a new interpreter: it
+The supervisor is forked from the worker rather than exec'd as a new interpreter: it
 inherits the imported modules, which saves ~100 ms of start-up per job on a loaded machine.
 """
 
@@ -28,6 +30,7 @@ from gpuq.paths import Paths
 from gpuq.store import Store
 from gpuq.workers import cgroup
 from gpuq.workers.cgroup import Containment
+from gpuq.workers.spare import Spare, SpareGone, fork_spare
 
 SUPERVISOR_READY_S = 10.0
 DEFAULT_LOG_CAP_BYTES = 1 << 30
@@ -135,13 +138,45 @@ def run_job(job_id: int) -> str:
     job = claim(store, ctx.node, int(job_id), time.time())
     if job is None:
         return f"job {job_id}: nothing to do (not placed here, or already claimed)"
-    pid = spawn_supervisor(ctx, job)
+    pid = start_supervisor(ctx, job)
     if pid is None:
         from gpuq.workers.supervisor import fail_run
 
         fail_run(store, job, "could not start its supervisor (see the daemon log)")
         return f"job {job_id}: the supervisor did not start"
     return f"job {job_id}: supervisor pid {pid}"
+
+
+_spare: Spare | None = None  # this worker's spare supervisor (gpuq.workers.spare)
+
+
+def keep_spare(ctx: WorkerContext) -> None:
+    """Make sure this worker has a spare supervisor waiting (called at start and after each handover)."""
+    global _spare
+    if _spare is None:
+        try:
+            _spare = fork_spare(ctx)
+        except OSError:
+            _spare = None  # out of processes: the next start forks its supervisor the old way
+
+
+def start_supervisor(ctx: WorkerContext, job: Job) -> int | None:
+    """Hand the claimed ``job`` to this worker's spare supervisor, or fork one the old way if the
+    spare is gone; then fork the next spare while the job starts.  The supervisor's pid, or None."""
+    global _spare
+    spare, _spare = _spare, None
+    pid: int | None = None
+    handed = False
+    if spare is not None:
+        try:
+            pid = spare.hand(job, SUPERVISOR_READY_S)
+            handed = True
+        except SpareGone:
+            pass
+    if not handed:
+        pid = spawn_supervisor(ctx, job)
+    keep_spare(ctx)
+    return pid
 
 
 def spawn_supervisor(ctx: WorkerContext, job: Job) -> int | None:

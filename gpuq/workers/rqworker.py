@@ -51,6 +51,7 @@ def main(argv: list[str]) -> int:
     name = f"{os.environ.get('GPUQ_NODE', 'node')}.{os.getpid()}"
     worker = SimpleWorker([queue], connection=conn, serializer=JSONSerializer, name=name)
     logging.getLogger("rq.worker").setLevel(logging.WARNING)
+    gpuq.workers.launcher.keep_spare(gpuq.workers.launcher.WorkerContext.from_env())
     worker.work(logging_level="WARNING", with_scheduler=False)
     return 0
 

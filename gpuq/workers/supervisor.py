@@ -34,8 +34,9 @@ from gpuq import accounting, keys
 from gpuq.errors import GpuqError, JobNotFound, RecordSetAside, StoreUnavailable
 from gpuq.jobs.model import REQUEUE_EXIT_CODE, Job, JobState, PartEnd, Placement, Progress, StopKind
 from gpuq.safefile import read_small
+from gpuq.scheduler import fairshare, usage  # imported here, not at a job's end: the worker's spare inherits them
 from gpuq.store import Store
-from gpuq.workers import jobexec, runrecord
+from gpuq.workers import jobexec, runrecord, spare
 from gpuq.workers.cgroup import JobLimits
 from gpuq.workers.jobexec import Credentials, Launch, PreparedJob, StartFailed
 from gpuq.workers.env import build_job_env
@@ -67,8 +68,9 @@ def _diag(ctx: WorkerContext, text: str) -> None:
         pass
 
 
-def supervisor_main(ctx: WorkerContext, job: Job, ready_fd: int) -> int:
-    """Entry point in the forked supervisor: detach from everything the worker had, say "ready"."""
+def _detach(name: str, keep: tuple[int, ...]) -> None:
+    """In a freshly forked supervisor (or spare): default signals, /dev/null for stdio, every other
+    inherited descriptor but ``keep`` closed, the process name, and the subreaper flag."""
     for sig in (signal.SIGTERM, signal.SIGCHLD, signal.SIGALRM, signal.SIGUSR1, signal.SIGUSR2):
         signal.signal(sig, signal.SIG_DFL)
     for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
@@ -77,10 +79,43 @@ def supervisor_main(ctx: WorkerContext, job: Job, ready_fd: int) -> int:
     null = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(null, fd)
-    os.closerange(3, ready_fd)
-    os.closerange(ready_fd + 1, 1 << 16)
-    jobexec.prctl(jobexec.PR_SET_NAME, f"gpuq-sup-{job.id}".encode()[:15])
+    low = 3
+    for fd in sorted(keep):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, 1 << 16)
+    jobexec.prctl(jobexec.PR_SET_NAME, name.encode()[:15])
     jobexec.prctl(jobexec.PR_SET_CHILD_SUBREAPER, 1)  # orphans of the job come to us, to be reaped
+
+
+def supervisor_main(ctx: WorkerContext, job: Job, ready_fd: int) -> int:
+    """Entry point in the forked supervisor: detach from everything the worker had, say "ready"."""
+    _detach(f"gpuq-sup-{job.id}", (ready_fd,))
+    return _supervise(ctx, job, ready_fd, None)
+
+
+def spare_main(ctx: WorkerContext, job_fd: int, ready_fd: int) -> int:
+    """Entry point in a spare supervisor (see :mod:`gpuq.workers.spare`): detach and connect now,
+    say "idle" (its pid) on ``ready_fd``, then wait for one job on ``job_fd``.  End of file there
+    without a whole job (the worker died, or died while handing one over) ends the spare: nothing
+    is started.  A whole job makes it that job's supervisor, exactly as :func:`supervisor_main`."""
+    _detach(spare.SPARE_NAME, (job_fd, ready_fd))
+    os.write(ready_fd, f"{os.getpid()}\n".encode())  # idle
+    store = Store.from_url(ctx.redis_url)
+    try:
+        store.ping()  # the connection is made now, off the start's critical path
+    except StoreUnavailable:
+        pass  # made (and retried) when the job needs it
+    job = spare.read_job(job_fd)
+    os.close(job_fd)
+    if job is None:
+        return 0
+    jobexec.prctl(jobexec.PR_SET_NAME, f"gpuq-sup-{job.id}".encode()[:15])
+    return _supervise(ctx, job, ready_fd, store)
+
+
+def _supervise(ctx: WorkerContext, job: Job, ready_fd: int, store: Store | None) -> int:
+    """Write the local run record, say "ready" (our pid) on ``ready_fd``, supervise ``job``."""
     me = os.getpid()
     if job.started_at is None:  # a part of a job across nodes: ready now, then wait for every part
         assert job.placed_at is not None  # the record's token until the run has one: the placement time
@@ -88,7 +123,7 @@ def supervisor_main(ctx: WorkerContext, job: Job, ready_fd: int) -> int:
                                                             runrecord.proc_start_ticks(me) or 0))
         os.write(ready_fd, f"{me}\n".encode())
         os.close(ready_fd)
-        store = Store.from_url(ctx.redis_url)
+        store = store or Store.from_url(ctx.redis_url)
         started = wait_for_every_part(store, ctx, job)
         if started is None:
             runrecord.remove(ctx.paths.home, job.id, job.placed_at)
@@ -102,7 +137,7 @@ def supervisor_main(ctx: WorkerContext, job: Job, ready_fd: int) -> int:
                                                             runrecord.proc_start_ticks(me) or 0))
         os.write(ready_fd, f"{me}\n".encode())
         os.close(ready_fd)
-        store = Store.from_url(ctx.redis_url)
+        store = store or Store.from_url(ctx.redis_url)
     try:
         Supervisor(store, ctx).run(job)
     except BaseException as e:  # the supervisor failed: its job must not be left running
@@ -314,9 +349,12 @@ class Supervisor:
         try:
             log_path, _, _ = self._prepare_files(job)
             stop = None
+            superseded = False
             try:  # a stop acknowledged while we were being forked: do not start the process at all
                 now_job = self.store.get(job.id)
-                if same_run(now_job, job) and now_job.stop_request is not None:
+                if not same_run(now_job, job):  # the run failed or was reconciled meanwhile (a late start)
+                    superseded = True
+                elif now_job.stop_request is not None:
                     stop = now_job.stop_request
             except (StoreUnavailable, JobNotFound, RecordSetAside):
                 pass
@@ -325,6 +363,11 @@ class Supervisor:
                 child.abort()
                 os.close(out_r)
             raise
+        if superseded:
+            if child is not None:
+                child.abort()
+                os.close(out_r)
+            return "not started: this run is no longer the job's current run"
         if stop is not None:
             if child is not None:
                 child.abort()
@@ -554,8 +597,6 @@ class Supervisor:
 
     def _add_usage(self, user: str, gpus: float, started_at: float, ended_at: float) -> None:
         """Fair-share usage of this run, counted exactly as plan() counted it while it ran."""
-        from gpuq.scheduler import fairshare, usage
-
         half_life_s = usage.half_life_from_store(self.store)
         self.store.update_usage(
             user, lambda rec: fairshare.add_run_usage(rec, gpus, started_at, ended_at, half_life_s))
