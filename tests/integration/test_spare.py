@@ -73,6 +73,13 @@ def _spare_of(d, worker: int) -> int | None:
     return None
 
 
+def _spare_of_each(d) -> set[int] | None:
+    """The spares of the daemon's workers, once every worker has its own."""
+    workers = _workers(d)
+    spares = {s for w in workers if (s := _spare_of(d, w))}
+    return spares if workers and len(spares) == len(workers) else None
+
+
 def _wait(pred, timeout: float, what: str):
     deadline = time.monotonic() + timeout
     while True:
@@ -124,8 +131,7 @@ def test_a_job_is_handed_to_a_waiting_spare_and_each_spare_is_used_once(make_dae
     (open_tmp / "hold.sh").chmod(0o755)
     used: set[int] = set()
     for n in range(3):
-        workers = _wait(lambda: _workers(d), 30, "no RQ worker")
-        waiting = set(_wait(lambda: {s for w in workers if (s := _spare_of(d, w))} or None, 30, "no spare"))
+        waiting = _wait(lambda: _spare_of_each(d), 30, "a worker has no spare supervisor")
         j = d.submit("--gpus", "1", "--", "./hold.sh", str(n), cwd=open_tmp)
         d.wait_pid(j)
         sup = json.loads((d.home / "supervisors" / f"{j}.json").read_text())["pid"]
@@ -136,6 +142,20 @@ def test_a_job_is_handed_to_a_waiting_spare_and_each_spare_is_used_once(make_dae
         (open_tmp / f"go-{n}").touch()
         d.wait_state(j, "completed")
     assert (open_tmp / "runs.txt").read_text().split() == ["0", "1", "2"]
+
+
+def test_a_killed_spare_is_replaced_and_the_job_still_starts_once(make_daemon, open_tmp):
+    d = make_daemon("--simulate-gpus", "1x24GiB", "--node", "sparekill")
+    (open_tmp / "once.sh").write_text("#!/bin/sh\necho run >> runs.txt\n")
+    (open_tmp / "once.sh").chmod(0o755)
+    killed = _wait(lambda: _spare_of_each(d), 30, "a worker has no spare supervisor")
+    for s in killed:
+        os.kill(s, signal.SIGKILL)
+    j = d.submit("--gpus", "1", "--", "./once.sh", cwd=open_tmp)
+    d.wait_state(j, "completed")  # started by a supervisor forked the old way
+    assert (open_tmp / "runs.txt").read_text() == "run\n"
+    assert sum(e["text"].startswith("started pid") for e in d.job(j)["events"]) == 1
+    _wait(lambda: {s for s in _spares(d) if s not in killed}, 30, "no new spare after the handover failed")
 
 
 def _forked_spare(ctx: WorkerContext) -> tuple[spare.Spare, int]:
