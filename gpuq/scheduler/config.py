@@ -5,6 +5,7 @@ Pure: no I/O.  ``PolicyConfig.from_mapping`` raises :class:`ConfigError` with on
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
@@ -24,6 +25,12 @@ class UserLimits:
     max_gpus: int | None = None
     max_pending: int | None = None
     max_cpu_jobs: int | None = None
+
+
+#: every numeric setting of PolicyConfig: each must be finite (a NaN or an infinity would break
+#: the orderings, e.g. the starvation guard's sorted clocks)
+_NUMBERS = ("idle_mem_mib", "half_life_s", "default_share", "weight_fairshare", "weight_age", "max_age_s",
+            "preempt_wait_s", "min_run_s", "las_starve_factor", "starve_after_s", "starve_run_factor")
 
 
 @dataclass(frozen=True)
@@ -89,6 +96,12 @@ class PolicyConfig:
             raise ConfigError(f"scheduler packing {self.packing!r} is unknown: use best or first.")
         if self.preemption is not None and self.preemption not in PREEMPTION_MODES:
             raise ConfigError(f"scheduler preemption {self.preemption!r} is unknown: use off or checkpointable.")
+        for name in _NUMBERS:
+            if not math.isfinite(getattr(self, name)):
+                raise ConfigError(f"scheduler {name} must be a finite number, not {getattr(self, name)!r}.")
+        if not all(math.isfinite(x) for x in list(self.las_thresholds_gpu_s) + list(self.user_shares.values())
+                   + list(self.group_shares.values())):
+            raise ConfigError("scheduler shares and las_thresholds_gpu_s must be finite numbers.")
         for name in ("half_life_s", "default_share", "max_age_s"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"scheduler {name} must be larger than zero.")
