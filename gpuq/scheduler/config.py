@@ -5,6 +5,7 @@ Pure: no I/O.  ``PolicyConfig.from_mapping`` raises :class:`ConfigError` with on
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
@@ -24,6 +25,12 @@ class UserLimits:
     max_gpus: int | None = None
     max_pending: int | None = None
     max_cpu_jobs: int | None = None
+
+
+#: every numeric setting of PolicyConfig: each must be finite (a NaN or an infinity would break
+#: the orderings, e.g. the starvation guard's sorted clocks)
+_NUMBERS = ("idle_mem_mib", "half_life_s", "default_share", "weight_fairshare", "weight_age", "max_age_s",
+            "preempt_wait_s", "min_run_s", "las_starve_factor", "starve_after_s", "starve_run_factor")
 
 
 @dataclass(frozen=True)
@@ -67,10 +74,14 @@ class PolicyConfig:
     #: for little gain in the tail, see docs/scheduling.md)
     las_starve_factor: float = 0.0
     # ---- starvation guard (every policy but fifo) ----
-    #: a job that has waited this long per GPU it asks for (its size) goes ahead of every job
-    #: of its tier that is not starving, so the GPUs held for it (backfill) are its own until it
-    #: starts, whoever submits later; 0 turns the guard off
+    #: a job that has waited this long per GPU it asks for (its size), plus ``starve_run_factor``
+    #: times the time it has already run, goes ahead of every job of its tier that is not
+    #: starving, so the GPUs held for it (backfill) are its own until it starts, whoever submits
+    #: later; 0 turns the guard off
     starve_after_s: float = 24 * 3600.0
+    #: the guard's bound grows by this many times the job's run time so far (issue 10: with 1, a
+    #: long job that was preempted after a protected run waits again before it is put first)
+    starve_run_factor: float = 1.0
     # ---- packing of shared (fractional) jobs ----
     #: best (least memory left over; shared GPUs first) or first (lowest node and GPU index)
     packing: str = "best"
@@ -85,11 +96,17 @@ class PolicyConfig:
             raise ConfigError(f"scheduler packing {self.packing!r} is unknown: use best or first.")
         if self.preemption is not None and self.preemption not in PREEMPTION_MODES:
             raise ConfigError(f"scheduler preemption {self.preemption!r} is unknown: use off or checkpointable.")
+        for name in _NUMBERS:
+            if not math.isfinite(getattr(self, name)):
+                raise ConfigError(f"scheduler {name} must be a finite number, not {getattr(self, name)!r}.")
+        if not all(math.isfinite(x) for x in list(self.las_thresholds_gpu_s) + list(self.user_shares.values())
+                   + list(self.group_shares.values())):
+            raise ConfigError("scheduler shares and las_thresholds_gpu_s must be finite numbers.")
         for name in ("half_life_s", "default_share", "max_age_s"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"scheduler {name} must be larger than zero.")
         for name in ("weight_fairshare", "weight_age", "preempt_wait_s", "min_run_s", "idle_mem_mib",
-                     "las_starve_factor", "starve_after_s"):
+                     "las_starve_factor", "starve_after_s", "starve_run_factor"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"scheduler {name} must not be negative.")
         if self.max_preempts_per_cycle < 0:
@@ -113,6 +130,11 @@ class PolicyConfig:
     @property
     def starvation_guard_on(self) -> bool:
         return self.starve_after_s > 0 and self.policy != "fifo"
+
+    def starve_bound_s(self, gpus: int, ran_s: float) -> float:
+        """How long a job of ``gpus`` GPUs that already ran ``ran_s`` (finished runs) may wait in
+        all before the starvation guard puts it first."""
+        return self.starve_after_s * max(gpus, 1) + self.starve_run_factor * ran_s
 
     @property
     def orders_by_service(self) -> bool:

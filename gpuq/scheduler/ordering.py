@@ -114,7 +114,8 @@ class PendingIndex:
         self.policy = config.policy
         self.by_service = config.orders_by_service
         self.las_thresholds = config.las_thresholds_gpu_s
-        #: for the starvation guard: per size (GPUs, at least 1), (submitted + run time, id), sorted
+        self.starve_run_factor = config.starve_run_factor
+        #: for the starvation guard: per size (GPUs, at least 1), (``_starve_clock``, id), sorted
         self.by_size: dict[int, list[tuple[float, int]]] = {}
         self._key = static_key_fn(config)
         self.jobs: dict[int, Job] = {}
@@ -159,7 +160,7 @@ class PendingIndex:
             lst = by_size.get(size)
             if lst is None:
                 lst = by_size[size] = []
-            lst.append((j.submitted_at + j.total_run_s, jid))
+            lst.append((self._starve_clock(j), jid))
         self._unsorted = True  # sorted when first needed: a complete ordering sorts all keys anyway
         self.shape_counts = dict(Counter(shapes.values()))
 
@@ -201,7 +202,14 @@ class PendingIndex:
             self.time_left[job.id] = _time_left_waiting(job)
 
     def matches(self, config: PolicyConfig) -> bool:
-        return self.policy == config.policy and self.las_thresholds == config.las_thresholds_gpu_s
+        return self.policy == config.policy and self.las_thresholds == config.las_thresholds_gpu_s and \
+            self.starve_run_factor == config.starve_run_factor
+
+    def _starve_clock(self, job: Job) -> float:
+        """The guard puts the job first at this time plus ``starve_after_s`` x its GPUs: then its
+        wait (now - submitted - run) reaches ``config.starve_bound_s`` (which adds
+        ``starve_run_factor`` x its run time)."""
+        return job.submitted_at + (1.0 + self.starve_run_factor) * job.total_run_s
 
     def _sort_queues(self) -> None:
         if self._unsorted:
@@ -225,7 +233,7 @@ class PendingIndex:
         self.groups[job.owner.user] = job.owner.groups
         if self.by_service and key[1] > 0:
             self.deep[job.id] = job
-        bisect.insort(self.by_size.setdefault(shape.gpus or 1, []), (job.submitted_at + job.total_run_s, job.id))
+        bisect.insort(self.by_size.setdefault(shape.gpus or 1, []), (self._starve_clock(job), job.id))
         if not q or q[-1] < key:
             q.append(key)
         else:
@@ -242,7 +250,7 @@ class PendingIndex:
         self.time_left.pop(job_id, None)
         shape = self.shapes.pop(job_id)
         lst = self.by_size[shape.gpus or 1]
-        del lst[bisect.bisect_left(lst, (job.submitted_at + job.total_run_s, job_id))]
+        del lst[bisect.bisect_left(lst, (self._starve_clock(job), job_id))]
         self.shape_counts[shape] -= 1
         if not self.shape_counts[shape]:
             del self.shape_counts[shape]
@@ -291,8 +299,8 @@ class PendingIndex:
         return (jobs[k[-1]] for k in keys)
 
     def most_starved(self, config: PolicyConfig, now: float) -> int | None:
-        """The starvation guard: a job that waited ``starve_after_s`` per GPU it asks for has
-        starved; of those, the one whose bound ran out first (None: no job starves).  It goes
+        """The starvation guard: a job that waited ``starve_bound_s`` (``starve_after_s`` per GPU it
+        asks for, plus ``starve_run_factor`` x its run time) has starved; of those, the one whose bound ran out first (None: no job starves).  It goes
         first in its tier, so it is the head job and the GPUs held for it stay its own."""
         if not config.starvation_guard_on:
             return None

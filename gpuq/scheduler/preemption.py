@@ -157,18 +157,21 @@ class _Preemption:
 
 
 def starved(job: Job, config: PolicyConfig, now: float) -> bool:
-    """Has this waiting job waited ``starve_after_s`` per GPU it asks for (the guard's bound)?"""
+    """Has this waiting job waited its bound (``starve_after_s`` per GPU it asks for, plus
+    ``starve_run_factor`` x the time it already ran)?"""
     return config.starvation_guard_on and \
-        waited_s(job, now) >= config.starve_after_s * max(job.spec.resources.gpus, 1)
+        waited_s(job, now) >= config.starve_bound_s(job.spec.resources.gpus, job.total_run_s)
 
 
 def started_starving(job: Job, config: PolicyConfig) -> bool:
-    """The starvation guard's promise: a job that had starved (waited ``starve_after_s`` per GPU)
-    when this run started is never preempted, so it cannot be sent back to starve again."""
+    """The starvation guard's promise: a run that started starved (the job had waited its bound,
+    ``starve_bound_s``) is never preempted, so it cannot be sent back to starve again.  Runs that
+    did not start starved may be preempted; each raises the job's bound by ``starve_run_factor``
+    x its length, so a long job that LAS stopped after days waits again before it is put first."""
     if not config.starvation_guard_on or job.started_at is None:
         return False
     waited = job.started_at - job.submitted_at - job.total_run_s
-    return waited >= config.starve_after_s * max(job.spec.resources.gpus, 1)
+    return waited >= config.starve_bound_s(job.spec.resources.gpus, job.total_run_s)
 
 
 def _over_share_victims(waiting: Job, pool: Sequence[Job], states: Mapping[str, ShareState],

@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -82,6 +83,31 @@ def _rq_workers(d) -> list[int]:
     name is gpuq-sup-<id>)."""
     r = subprocess.run(["pgrep", "-P", str(d.proc.pid), "-f", "gpuq.workers.rqworker"], capture_output=True, text=True)
     return [int(x) for x in r.stdout.split() if not Path(f"/proc/{x}/comm").read_text().startswith("gpuq-sup")]
+
+
+@contextmanager
+def frozen_workers(d):
+    """Daemon ``d``'s RQ workers stopped (SIGSTOP) inside the block, continued after it: a node
+    whose daemon hangs mid-start.  Yields their pids."""
+    frozen = _rq_workers(d)
+    assert frozen, "the daemon should have RQ workers"
+    for pid in frozen:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield frozen
+    finally:
+        for pid in frozen:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+
+
+def _submit_two_part_job_and_wait_for_a_claim(a, cwd, out, user) -> int:
+    """A 2-node job (1 GPU per node); returns once one part was claimed by its node's worker."""
+    job_id = a.submit("--nodes", "2", "--gpus", "1", "gangscript.py", str(out), cwd=cwd, user=user)
+    _wait(lambda: any("claimed part" in e["text"] for e in a.job(job_id)["events"]))
+    return job_id
 
 
 def test_every_part_starts_with_its_gpus_and_the_distributed_environment(two_nodes, work, test_users):
@@ -182,22 +208,13 @@ def test_no_part_starts_unless_every_part_does(two_nodes, work, test_users):
     node-b works again the job runs on both."""
     a, b = two_nodes
     cwd, out = work
-    frozen = _rq_workers(b)
-    assert frozen, "node-b should have RQ workers"
-    for pid in frozen:
-        os.kill(pid, signal.SIGSTOP)
-    try:
-        job_id = a.submit("--nodes", "2", "--gpus", "1", "gangscript.py", str(out), cwd=cwd, user=test_users[0])
-        a.wait_state(job_id, "running")
-        _wait(lambda: any("claimed part" in e["text"] for e in a.job(job_id)["events"]))
+    with frozen_workers(b):
+        job_id = _submit_two_part_job_and_wait_for_a_claim(a, cwd, out, test_users[0])
         # back to pending (and at once placed again by the leader, to wait again)
         gave_up = "not every part started within 4 s (no worker claimed the part on node-b); none was started"
         _wait(lambda: any(e["text"].startswith(gave_up) for e in a.job(job_id)["events"]), timeout=30)
         assert not list(out.glob("rank*.json")), "no part may start before every part was claimed"
         assert a.job(job_id).get("started_at") is None
-    finally:
-        for pid in frozen:
-            os.kill(pid, signal.SIGCONT)
     (out / "go").touch()
     a.wait_state(job_id, "completed", timeout=90)
     assert len(list(out.glob("rank*.json"))) == 2
@@ -209,15 +226,12 @@ def test_a_node_whose_daemon_dies_mid_start_sends_the_job_back_and_nothing_start
     nodes once node-b's daemon is back."""
     a, b = two_nodes
     cwd, out = work
-    workers = _rq_workers(b)
-    for pid in workers:
-        os.kill(pid, signal.SIGSTOP)
-    job_id = a.submit("--nodes", "2", "--gpus", "1", "gangscript.py", str(out), cwd=cwd, user=test_users[0])
-    _wait(lambda: any("claimed part" in e["text"] for e in a.job(job_id)["events"]))
-    b.proc.kill()
-    b.proc.wait()
-    for pid in workers:
-        os.kill(pid, signal.SIGKILL)
+    with frozen_workers(b) as workers:
+        job_id = _submit_two_part_job_and_wait_for_a_claim(a, cwd, out, test_users[0])
+        b.proc.kill()
+        b.proc.wait()
+        for pid in workers:
+            os.kill(pid, signal.SIGKILL)
     went = "its node node-b went away before it started: back to pending"
     _wait(lambda: any(e["text"] == went for e in a.job(job_id)["events"]), timeout=60, step=0.3)
     job = a.job(job_id)
@@ -234,12 +248,8 @@ def test_kill_9_of_a_supervisor_waiting_at_the_start_barrier(two_nodes, work, te
     the job goes back to pending at once with nothing started, and runs once node-b works."""
     a, b = two_nodes
     cwd, out = work
-    frozen = _rq_workers(b)
-    for pid in frozen:
-        os.kill(pid, signal.SIGSTOP)
-    try:
-        job_id = a.submit("--nodes", "2", "--gpus", "1", "gangscript.py", str(out), cwd=cwd, user=test_users[0])
-        _wait(lambda: any("claimed part" in e["text"] for e in a.job(job_id)["events"]))
+    with frozen_workers(b):
+        job_id = _submit_two_part_job_and_wait_for_a_claim(a, cwd, out, test_users[0])
         claimed = next(e["text"] for e in a.job(job_id)["events"] if "claimed part" in e["text"])
         waiting = a if "worker on node-a" in claimed else b
         rec = _wait(lambda: (waiting.home / "supervisors" / f"{job_id}.json").exists()
@@ -248,9 +258,6 @@ def test_kill_9_of_a_supervisor_waiting_at_the_start_barrier(two_nodes, work, te
         died = "its supervisor (pid %d) died before every part started; none was started: back to pending" % rec["pid"]
         _wait(lambda: any(e["text"].endswith(died) for e in a.job(job_id)["events"]), timeout=20)
         assert not list(out.glob("rank*.json"))
-    finally:
-        for pid in frozen:
-            os.kill(pid, signal.SIGCONT)
     (out / "go").touch()
     a.wait_state(job_id, "completed", timeout=90)
     assert len(list(out.glob("rank*.json"))) == 2
@@ -259,18 +266,11 @@ def test_kill_9_of_a_supervisor_waiting_at_the_start_barrier(two_nodes, work, te
 def test_cancel_during_the_start_barrier(two_nodes, work, test_users):
     a, b = two_nodes
     cwd, out = work
-    frozen = _rq_workers(b)
-    for pid in frozen:
-        os.kill(pid, signal.SIGSTOP)
-    try:
-        job_id = a.submit("--nodes", "2", "--gpus", "1", "gangscript.py", str(out), cwd=cwd, user=test_users[0])
-        _wait(lambda: any("claimed part" in e["text"] for e in a.job(job_id)["events"]))
+    with frozen_workers(b):
+        job_id = _submit_two_part_job_and_wait_for_a_claim(a, cwd, out, test_users[0])
         r = a.cli("cancel", str(job_id), user=test_users[0])
         assert r.rc == 0, r.err
         a.wait_state(job_id, "cancelled")
-    finally:
-        for pid in frozen:
-            os.kill(pid, signal.SIGCONT)
     time.sleep(1.0)  # node-b's worker now sees the stale launch: it must start nothing
     assert a.job(job_id)["state"] == "cancelled"
     assert not list(out.glob("rank*.json"))

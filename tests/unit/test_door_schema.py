@@ -23,6 +23,8 @@ def test_a_good_request_becomes_a_typed_one():
     req = parse_submit({**GOOD, "gpus": 0, "mem": "1.5GiB", "cpus": "0.5"})
     assert req.host_mem_mib == 1536 and req.cpus == 0.5
     assert parse_submit({**GOOD, "cpus": 3}).cpus == 3.0
+    req = parse_submit({**GOOD, "nodes": 2, "gpus": 4})
+    assert req.nodes == 2 and req.gpus == 4
 
 
 @pytest.mark.parametrize("change, needle", [
@@ -40,6 +42,10 @@ def test_a_good_request_becomes_a_typed_one():
     ({"mem": "2000TiB"}, "larger than"), ({"cpus": "0.001"}, "out of range"), ({"cpus": "nan"}, "out of range"),
     ({"cpus": math.inf}, "finite"), ({"cpus": "1e400"}, "out of range"), ({"cpus": True}, "like the command line"),
     ({"cpus": "4 cores"}, "not a number"), ({"cpus": 5000}, "out of range"),
+    ({"nodes": 0}, "less than 1"), ({"nodes": -3}, "less than 1"), ({"nodes": 65}, "out of range"),
+    ({"nodes": "2"}, "whole number"), ({"nodes": True}, "whole number"), ({"nodes": 2.0}, "whole number"),
+    ({"nodes": 2, "gpus": 0}, "needs --gpus"), ({"nodes": 2, "gpu_mem": "1GiB"}, "whole GPUs"),
+    ({"nodes": 2, "fraction": 0.5}, "whole GPUs"),
 ])
 def test_bad_submit_fields_are_refused_with_a_sentence(change, needle):
     with pytest.raises(InvalidInput, match=needle) as e:

@@ -215,6 +215,12 @@ def test_pending_index_matches_list_and_stays_sorted():
     ({"preemption": "always"}, "preemption 'always' is unknown"),
     ({"colour": "blue"}, "'colour' is unknown"),
     ({"backfill": "yes"}, "true or false"),
+    ({"starve_run_factor": -1}, "starve_run_factor must not be negative"),
+    ({"starve_run_factor": float("nan")}, "starve_run_factor must be a finite number"),
+    ({"starve_run_factor": float("inf")}, "starve_run_factor must be a finite number"),
+    ({"weight_age": float("nan")}, "weight_age must be a finite number"),
+    ({"shares": {"alice": float("inf")}}, "must be finite numbers"),
+    ({"las_thresholds_gpu_s": [3600.0, float("inf")]}, "must be finite numbers"),
 ])
 def test_config_errors_are_one_sentence(table, msg):
     with pytest.raises(ConfigError, match=msg):
