@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from gpuq.store import Store
-from gpuq.workers import spare
+from gpuq.workers import jobexec, spare
+from gpuq.workers.cgroup import CgroupV1
 from gpuq.workers.launcher import WorkerContext
 
 pytestmark = pytest.mark.integration
@@ -212,3 +213,118 @@ def test_a_spare_handed_a_run_that_is_no_longer_current_starts_nothing(make_daem
     after = d.job(j)
     assert after["state"] == "completed" and len(after["events"]) == len(done["events"])
     assert not (d.home / "supervisors" / f"{j}.json").exists()
+
+
+def _prechild_of(sp: int) -> int | None:
+    """The job's process-to-be an idle spare keeps (see gpuq.workers.jobexec.PreChild)."""
+    kids = [p for p in _children(sp) if _comm(p) == jobexec.PRECHILD_NAME and _alive(p)]
+    return kids[0] if kids else None
+
+
+def _gpuq_cgroups(pid: int) -> list[str]:
+    """The gpuq cgroup paths of ``pid``, one per hierarchy it is in under gpuq."""
+    text = Path(f"/proc/{pid}/cgroup").read_text()
+    return [line.split(":", 2)[2] for line in text.splitlines() if "/gpuq/" in line]
+
+
+def _renaming(d) -> WorkerContext:
+    """The context of the daemon's workers; the test is skipped where the containment cannot
+    rename a cgroup (cgroup v2 refuses rename(2), process groups have none): jobs start the old
+    way there, and every other test of this module covers that way."""
+    ctx = _ctx_of_worker(_wait(lambda: _workers(d), 30, "no RQ worker")[0])
+    if not isinstance(ctx.containment, CgroupV1):
+        pytest.skip(f"jobs here are contained by {ctx.containment.name}, which cannot rename a cgroup")
+    return ctx
+
+
+def _spare_dirs(ctx: WorkerContext, spare_pid: int) -> list[Path]:
+    return [Path(f).parent.parent / f"spare-{spare_pid}" for f in ctx.containment.join_files(0)]
+
+
+def test_an_idle_spare_keeps_the_jobs_process_in_its_own_cgroup_which_becomes_the_jobs(make_daemon, open_tmp):
+    d = make_daemon("--simulate-gpus", "1x24GiB", "--node", "prechild")
+    ctx = _renaming(d)
+    (open_tmp / "where.sh").write_text("#!/bin/sh\ncat /proc/self/cgroup > cg-$1.txt\n"
+                                       "while [ ! -f go-$1 ]; do sleep 0.05; done\n")
+    (open_tmp / "where.sh").chmod(0o755)
+    for n in range(2):
+        sp = _wait(lambda: _spare_of_each(d), 30, "a worker has no spare supervisor")
+        pre = {s: _wait(lambda s=s: _prechild_of(s), 30, f"spare {s} keeps no job process") for s in sp}
+        for s, p in pre.items():
+            assert all(c.endswith(f"/spare-{s}") for c in _gpuq_cgroups(p)), _gpuq_cgroups(p)
+            assert len(_gpuq_cgroups(p)) == len(ctx.containment.join_files(0))
+        j = d.submit("--gpus", "1", "--", "./where.sh", str(n), cwd=open_tmp)
+        pid = d.wait_pid(j)
+        sup = json.loads((d.home / "supervisors" / f"{j}.json").read_text())["pid"]
+        assert pre.get(sup) == pid, "the job is not the process its spare kept ready"
+        _wait(lambda: (open_tmp / f"cg-{n}.txt").exists(), 30, "the job did not write its cgroups")
+        mine = [line.split(":", 2)[2] for line in (open_tmp / f"cg-{n}.txt").read_text().splitlines()
+                if "/gpuq/" in line]
+        assert len(mine) == len(ctx.containment.join_files(0)) and all(c.endswith(f"/job-{j}") for c in mine), mine
+        held = set(ctx.containment.pids(j))
+        assert pid in held and not held & (set(pre.values()) - {pid}), (held, pre)
+        assert not any(p.exists() for p in _spare_dirs(ctx, sup)), "the spare's cgroup was copied, not renamed"
+        (open_tmp / f"go-{n}").touch()
+        d.wait_state(j, "completed")
+        _wait(lambda: j not in ctx.containment.jobs(), 30, "the job's cgroup was not removed at its end")
+
+
+def test_a_spare_killed_while_idle_takes_the_jobs_process_along_and_its_cgroup_is_swept(make_daemon, open_tmp):
+    d = make_daemon("--simulate-gpus", "1x24GiB", "--node", "prekill")
+    ctx = _renaming(d)
+    (open_tmp / "once.sh").write_text("#!/bin/sh\necho run >> runs.txt\n")
+    (open_tmp / "once.sh").chmod(0o755)
+    killed = _wait(lambda: _spare_of_each(d), 30, "a worker has no spare supervisor")
+    pre = {s: _wait(lambda s=s: _prechild_of(s), 30, f"spare {s} keeps no job process") for s in killed}
+    for s in killed:
+        os.kill(s, signal.SIGKILL)
+    for p in pre.values():
+        _wait(lambda p=p: not _alive(p), 30, "the job's process-to-be outlived its spare (killed with SIGKILL)")
+    j = d.submit("--gpus", "1", "--", "./once.sh", cwd=open_tmp)
+    d.wait_state(j, "completed")
+    assert (open_tmp / "runs.txt").read_text() == "run\n"
+    assert sum(e["text"].startswith("started pid") for e in d.job(j)["events"]) == 1
+    _wait(lambda: {s for s in _spares(d) if s not in killed}, 30, "no new spare after the handover failed")
+    for s in killed:  # swept by the next spare (or the daemon's reconcile), once empty
+        _wait(lambda s=s: not any(p.exists() for p in _spare_dirs(ctx, s)), 30, f"spare-{s} was never swept")
+
+
+def test_a_spare_whose_cgroup_cannot_become_the_jobs_starts_it_the_old_way(make_daemon, open_tmp):
+    """The spare's cgroup of the last hierarchy is moved away under it: the renames already done
+    are undone, the kept process is let go, and the job starts in a fresh cgroup of its own."""
+    d = make_daemon("--simulate-gpus", "1x24GiB", "--node", "prenorename")
+    ctx = _renaming(d)
+    (open_tmp / "where.sh").write_text("#!/bin/sh\ncat /proc/self/cgroup > cg.txt\n")
+    (open_tmp / "where.sh").chmod(0o755)
+    sp = _wait(lambda: _spare_of_each(d), 30, "a worker has no spare supervisor")
+    pre = {s: _wait(lambda s=s: _prechild_of(s), 30, f"spare {s} keeps no job process") for s in sp}
+    sp = sorted(sp)
+    moved = []
+    for s in sp:
+        last = _spare_dirs(ctx, s)[-1]
+        last.rename(last.with_name(f"moved-{s}"))
+        moved.append(last.with_name(f"moved-{s}"))
+    j = d.submit("--gpus", "1", "--", "./where.sh", cwd=open_tmp)
+    done = d.wait_state(j, "completed")
+    started = [e["text"] for e in done["events"] if e["text"].startswith("started pid")]
+    assert len(started) == 1 and int(started[0].split()[2]) not in pre.values(), started
+    mine = [line.split(":", 2)[2] for line in (open_tmp / "cg.txt").read_text().splitlines() if "/gpuq/" in line]
+    assert len(mine) == len(ctx.containment.join_files(j)) and all(c.endswith(f"/job-{j}") for c in mine), mine
+    used = _wait(lambda: [s for s in sp if not _alive(s)], 30, "the spare that took the job did not end with it")
+    assert len(used) == 1
+    for s, m in zip(sp, moved):
+        if s not in used:  # the other spare still keeps its process: give its cgroup back
+            m.rename(_spare_dirs(ctx, s)[-1])
+            continue
+        _wait(lambda: not _alive(pre[s]), 30, "the kept process the job did not use is still there")
+        _wait(lambda: not any(x.exists() for x in _spare_dirs(ctx, s)[:-1]), 30,
+              "a rename was not undone, or the spare's cgroup not removed")
+        assert not _pids_in(m), "a process was left in the moved cgroup"
+        m.rmdir()
+
+
+def _pids_in(d: Path) -> list[str]:
+    try:
+        return (d / "cgroup.procs").read_text().split()
+    except FileNotFoundError:
+        return []
