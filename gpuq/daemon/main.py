@@ -187,7 +187,6 @@ class Daemon:
             except StoreUnavailable as e:
                 log.error("could not stop jobs cleanly: %s", e)
             try:  # nothing left running here (a drain, an idle node): leave no empty cgroup behind
-                containment.sweep_spares()
                 containment.remove_scope()
             except OSError as e:
                 log.warning("could not remove this daemon's cgroup directory: %s", e)

@@ -73,15 +73,6 @@ class Containment(Protocol):
 
     def jobs(self) -> list[int]: ...
 
-    # a spare supervisor's cgroup, renamed to its job's at handover (see gpuq.workers.spare)
-    def spare_create(self, spare_pid: int) -> list[str] | None: ...  # cgroup.procs files; None: not here
-
-    def spare_adopt(self, spare_pid: int, job_id: int, limits: JobLimits) -> list[str]: ...  # notes
-
-    def spare_remove(self, spare_pid: int) -> None: ...
-
-    def sweep_spares(self) -> list[str]: ...  # the names removed
-
 
 def _write(path: Path | str, value: str) -> None:
     with open(path, "w") as f:
@@ -131,41 +122,6 @@ def _rmdir_if_done(d: Path) -> None:
 
 def _job_name(job_id: int) -> str:
     return f"job-{job_id}"
-
-
-SPARE_PREFIX = "spare-"
-
-
-def _spare_name(spare_pid: int) -> str:
-    return f"{SPARE_PREFIX}{spare_pid}"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[-1].split()[0] not in (b"Z", b"X")
-    except OSError:
-        return False
-
-
-def _sweep_spares(bases: Iterable[Path]) -> list[str]:
-    """Remove the ``spare-<pid>`` cgroups whose spare is dead.  rmdir refuses a cgroup that still
-    holds a process (EBUSY): one that does stays, to be swept later."""
-    gone = []
-    for base in bases:
-        try:
-            names = os.listdir(base)
-        except FileNotFoundError:
-            continue
-        for n in names:
-            rest = n[len(SPARE_PREFIX):]
-            if n.startswith(SPARE_PREFIX) and rest.isdigit() and not _pid_alive(int(rest)):
-                try:
-                    (base / n).rmdir()
-                    gone.append(n)
-                except OSError:
-                    pass
-    return sorted(set(gone))
 
 
 def _job_ids(base: Path) -> list[int]:
@@ -299,18 +255,6 @@ class CgroupV2:
     def jobs(self) -> list[int]:
         return _job_ids(self.base)
 
-    def spare_create(self, spare_pid: int) -> list[str] | None:
-        return None  # the unified hierarchy refuses rename(2) of a cgroup (EPERM): jobs start the old way
-
-    def spare_adopt(self, spare_pid: int, job_id: int, limits: JobLimits) -> list[str]:
-        raise OSError(errno.EPERM, "cgroup v2 cannot rename a cgroup")
-
-    def spare_remove(self, spare_pid: int) -> None:
-        pass
-
-    def sweep_spares(self) -> list[str]:
-        return _sweep_spares([self.base])
-
 
 class CgroupV1:
     name = "cgroup v1"
@@ -325,52 +269,11 @@ class CgroupV1:
         return {c: self.root / c / BASE / self.node / _job_name(job_id) for c in self.controllers}
 
     def create(self, job_id: int, limits: JobLimits) -> list[str]:
+        notes = []
         dirs = self._dirs(job_id)
         for c, d in dirs.items():
             d.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
             d.mkdir(mode=0o755, exist_ok=True)
-        return self._set_limits(job_id, limits)
-
-    def _spare_dirs(self, spare_pid: int) -> dict[str, Path]:
-        return {c: self.root / c / BASE / self.node / _spare_name(spare_pid) for c in self.controllers}
-
-    def spare_create(self, spare_pid: int) -> list[str] | None:
-        """A cgroup of the spare's own, in every controller, for its job's process-to-be."""
-        self.sweep_spares()
-        dirs = self._spare_dirs(spare_pid)
-        for d in dirs.values():
-            d.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-            d.mkdir(mode=0o755, exist_ok=True)
-        return [str(d / "cgroup.procs") for d in dirs.values()]
-
-    def spare_adopt(self, spare_pid: int, job_id: int, limits: JobLimits) -> list[str]:
-        """Rename the spare's cgroup to the job's in every controller (all or none: a failure
-        renames back and raises), then set the job's limits.  A job cgroup of the same name left
-        by an earlier run makes the rename fail (EEXIST): the caller starts the old way."""
-        done: list[tuple[Path, Path]] = []
-        try:
-            for (src, dst) in zip(self._spare_dirs(spare_pid).values(), self._dirs(job_id).values()):
-                os.rename(src, dst)
-                done.append((src, dst))
-        except OSError:
-            for src, dst in reversed(done):
-                try:
-                    os.rename(dst, src)
-                except OSError:
-                    pass
-            raise
-        return self._set_limits(job_id, limits)
-
-    def spare_remove(self, spare_pid: int) -> None:
-        for d in self._spare_dirs(spare_pid).values():
-            _rmdir_if_done(d)
-
-    def sweep_spares(self) -> list[str]:
-        return _sweep_spares([self.root / c / BASE / self.node for c in self.controllers])
-
-    def _set_limits(self, job_id: int, limits: JobLimits) -> list[str]:
-        notes = []
-        dirs = self._dirs(job_id)
         self._oom_before[job_id] = self._oom_total(job_id)  # a cgroup left by an earlier run keeps its count
         if limits.mem_mib is not None:
             if "memory" in dirs:
@@ -483,18 +386,6 @@ class ProcessGroupOnly:
         pass
 
     def jobs(self) -> list[int]:
-        return []
-
-    def spare_create(self, spare_pid: int) -> list[str] | None:
-        return None
-
-    def spare_adopt(self, spare_pid: int, job_id: int, limits: JobLimits) -> list[str]:
-        raise OSError(errno.ENOTSUP, "no cgroups")
-
-    def spare_remove(self, spare_pid: int) -> None:
-        pass
-
-    def sweep_spares(self) -> list[str]:
         return []
 
 

@@ -25,12 +25,9 @@ happened.
 from __future__ import annotations
 
 import ctypes
-import dataclasses
 import errno as errno_mod
 import os
-import pickle
 import signal
-import struct
 from dataclasses import dataclass
 
 from gpuq.errors import GpuqError
@@ -174,15 +171,6 @@ def _child(launch: Launch, go_r: int, err_w: int) -> None:  # pragma: no cover -
     try:
         prctl(PR_SET_NAME, launch.name.encode()[:15])
         os.setsid()
-        _become(launch, go_r, err_w)
-    except BaseException as e:
-        _report(err_w, f"{type(e).__name__}: {e}")
-
-
-def _become(launch: Launch, go_r: int, err_w: int) -> None:  # pragma: no cover - runs in the child
-    """Steps 2-5: join ``launch.join_files``, drop, chdir, wait for go, exec."""
-    try:
-        prctl(PR_SET_NAME, launch.name.encode()[:15])
         for path in launch.join_files:
             try:
                 fd = os.open(path, os.O_WRONLY)
@@ -225,107 +213,6 @@ def _become(launch: Launch, go_r: int, err_w: int) -> None:  # pragma: no cover 
             _report(err_w, f"{_EXEC_FAILED}{e.errno or errno_mod.ENOEXEC} {launch.argv[0]}")
     except BaseException as e:
         _report(err_w, f"{type(e).__name__}: {e}")
-
-
-class PreChild:
-    """A job's process forked before its job exists (by a spare supervisor, see
-    :mod:`gpuq.workers.spare`): in its own session, moved by the spare into the spare's cgroup
-    ahead of time, it blocks on ``launch`` until :meth:`start` sends it a :class:`Launch` (then it
-    is a :class:`PreparedJob`, steps 3-5) or until end of file (it exits).  It dies with the spare
-    (``PR_SET_PDEATHSIG``), and a go byte never comes from a dead spare: whatever the moment the
-    spare dies, the job is not executed."""
-
-    def __init__(self, pid: int, launch_w: int, go_w: int, err_r: int, out_r: int, out_w_child: int) -> None:
-        self.pid = pid
-        self._launch_w: int | None = launch_w
-        self._go_w: int | None = go_w
-        self._err_r: int | None = err_r
-        self.out_r: int | None = out_r  # the job's output (its stdout and stderr), read by the supervisor
-        self._out_w_child = out_w_child  # the number the child holds the write end under
-        self.used = False  # handed to a job's supervisor (which then owns its end)
-
-    def start(self, launch: Launch) -> PreparedJob:
-        """Send the job (``launch.join_files`` must be empty: the child is already in its cgroup)."""
-        assert self._launch_w is not None and self._go_w is not None and self._err_r is not None
-        check(launch.argv, launch.env)
-        data = pickle.dumps(dataclasses.replace(launch, join_files=(), stdout_fd=self._out_w_child))
-        try:
-            view = memoryview(struct.pack(_LEN, len(data)) + data)
-            while view:
-                view = view[os.write(self._launch_w, view):]
-        finally:
-            os.close(self._launch_w)
-            self._launch_w = None
-        job = PreparedJob(self.pid, self._go_w, self._err_r)
-        self._go_w = self._err_r = None
-        return job
-
-    def abort(self) -> None:
-        """End of file on every pipe: the child exits unexecuted; reaped here."""
-        for fd in (self._launch_w, self._go_w, self._err_r, self.out_r):
-            if fd is not None:
-                os.close(fd)
-        self._launch_w = self._go_w = self._err_r = self.out_r = None
-        PreparedJob(self.pid, -1, -1).wait()
-
-
-_LEN = "!I"
-PR_SET_PDEATHSIG = 1
-PRECHILD_NAME = "gpuq-start-pre"
-
-
-def prefork() -> PreChild:
-    """Fork a :class:`PreChild` (called in a spare supervisor, as root, before any job)."""
-    parent = os.getpid()
-    launch_r, launch_w = os.pipe2(os.O_CLOEXEC)
-    go_r, go_w = os.pipe2(os.O_CLOEXEC)
-    err_r, err_w = os.pipe2(os.O_CLOEXEC)
-    out_r, out_w = os.pipe()
-    try:
-        pid = os.fork()
-    except OSError:
-        for fd in (launch_r, launch_w, go_r, go_w, err_r, err_w, out_r, out_w):
-            os.close(fd)
-        raise
-    if pid == 0:  # pragma: no cover - the child (covered by the integration tests)
-        try:
-            prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-            if os.getppid() != parent:
-                os._exit(_CHILD_FAILED_RC)  # the spare died before the flag was set
-            prctl(PR_SET_NAME, PRECHILD_NAME.encode())
-            os.setsid()
-            keep = sorted((launch_r, go_r, err_w, out_w))
-            low = 3
-            for fd in keep:
-                os.closerange(low, fd)
-                low = fd + 1
-            os.closerange(low, 1 << 16)
-            launch = _read_launch(launch_r)
-            os.close(launch_r)
-            if launch is not None:
-                _become(launch, go_r, err_w)
-        except BaseException as e:
-            _report(err_w, f"{type(e).__name__}: {e}")
-        finally:
-            os._exit(_CHILD_FAILED_RC)
-    for fd in (launch_r, go_r, err_w, out_w):
-        if fd != out_w:
-            os.close(fd)
-    os.close(out_w)
-    return PreChild(pid, launch_w, go_w, err_r, out_r, out_w)
-
-
-def _read_launch(fd: int) -> Launch | None:  # pragma: no cover - runs in the child
-    """The :class:`Launch` the spare sent, or None at end of file (the spare let us go, or died)."""
-    raw = _read_all(fd)
-    if len(raw) < struct.calcsize(_LEN):
-        return None
-    (size,) = struct.unpack_from(_LEN, raw)
-    body = raw[struct.calcsize(_LEN):]
-    if len(body) != size:
-        return None  # cut short: the spare died while sending it
-    launch = pickle.loads(body)  # from our own parent (root), through a pipe only it holds
-    return launch if isinstance(launch, Launch) else None
 
 
 def _report(fd: int, text: str) -> None:  # pragma: no cover - runs in the child

@@ -178,7 +178,6 @@ def sweep_leftovers(home: Path, containment: Containment, current: dict[int, Job
             continue
         if job is None or (job.started_at != rec.token and job.placed_at != rec.token):
             runrecord.remove(home, rec.job, rec.token)  # (a placement-time record is a part at the barrier)
-    containment.sweep_spares()  # cgroups of spare supervisors that died (an empty one only)
     for job_id in containment.jobs():
         if job_id in live_records or job_id in current:
             continue

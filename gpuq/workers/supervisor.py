@@ -20,7 +20,6 @@ the job ``failed`` with the reason; it never leaves a job "running" with no proc
 
 from __future__ import annotations
 
-import errno
 import json
 import math
 import os
@@ -39,7 +38,7 @@ from gpuq.scheduler import fairshare, usage  # imported here, not at a job's end
 from gpuq.store import Store
 from gpuq.workers import jobexec, runrecord, spare
 from gpuq.workers.cgroup import JobLimits
-from gpuq.workers.jobexec import Credentials, Launch, PreChild, PreparedJob, StartFailed
+from gpuq.workers.jobexec import Credentials, Launch, PreparedJob, StartFailed
 from gpuq.workers.env import build_job_env
 from gpuq.workers.joblog import CappedLog
 from gpuq.workers.launcher import WorkerContext, same_placement, same_run
@@ -101,7 +100,6 @@ def spare_main(ctx: WorkerContext, job_fd: int, ready_fd: int) -> int:
     without a whole job (the worker died, or died while handing one over) ends the spare: nothing
     is started.  A whole job makes it that job's supervisor, exactly as :func:`supervisor_main`."""
     _detach(spare.SPARE_NAME, (job_fd, ready_fd))
-    pre = _prefork(ctx)
     os.write(ready_fd, f"{os.getpid()}\n".encode())  # idle
     store = Store.from_url(ctx.redis_url)
     try:
@@ -111,62 +109,13 @@ def spare_main(ctx: WorkerContext, job_fd: int, ready_fd: int) -> int:
     job = spare.read_job(job_fd)
     os.close(job_fd)
     if job is None:
-        _let_go(ctx, pre)
         return 0
     jobexec.prctl(jobexec.PR_SET_NAME, f"gpuq-sup-{job.id}".encode()[:15])
-    return _supervise(ctx, job, ready_fd, store, pre)
+    return _supervise(ctx, job, ready_fd, store)
 
 
-def _prefork(ctx: WorkerContext) -> PreChild | None:
-    """In an idle spare: the job's process-to-be, forked and moved into a cgroup of the spare's
-    own now, so that the move's wait for the kernel is paid off the start's critical path (see
-    :mod:`gpuq.workers.spare`).  None where the containment cannot rename a cgroup (v2, none) or
-    anything fails: the job then starts the old way."""
-    c = ctx.containment
-    me = os.getpid()
-    try:
-        files = c.spare_create(me)
-    except OSError as e:
-        _diag(ctx, f"spare {me}: no cgroup of its own ({e}): its job starts the old way")
-        return None
-    if files is None:
-        return None
-    pre: PreChild | None = None
-    try:
-        pre = jobexec.prefork()
-        for path in files:
-            fd = os.open(path, os.O_WRONLY)
-            try:
-                os.write(fd, str(pre.pid).encode())
-            finally:
-                os.close(fd)
-        return pre
-    except OSError as e:
-        _diag(ctx, f"spare {me}: could not prepare its job's process ({e}): its job starts the old way")
-        _let_go(ctx, pre)
-        return None
-
-
-def _let_go(ctx: WorkerContext, pre: PreChild | None) -> None:
-    """End an unused pre-forked child and remove the spare's cgroup."""
-    if pre is not None:
-        pre.abort()
-    try:
-        ctx.containment.spare_remove(os.getpid())
-    except OSError:
-        pass
-
-
-def _supervise(ctx: WorkerContext, job: Job, ready_fd: int, store: Store | None, pre: PreChild | None = None) -> int:
+def _supervise(ctx: WorkerContext, job: Job, ready_fd: int, store: Store | None) -> int:
     """Write the local run record, say "ready" (our pid) on ``ready_fd``, supervise ``job``."""
-    try:
-        return _supervise_with(ctx, job, ready_fd, store, pre)
-    finally:
-        if pre is not None and not pre.used:
-            _let_go(ctx, pre)
-
-
-def _supervise_with(ctx: WorkerContext, job: Job, ready_fd: int, store: Store | None, pre: PreChild | None) -> int:
     me = os.getpid()
     if job.started_at is None:  # a part of a job across nodes: ready now, then wait for every part
         assert job.placed_at is not None  # the record's token until the run has one: the placement time
@@ -190,7 +139,7 @@ def _supervise_with(ctx: WorkerContext, job: Job, ready_fd: int, store: Store | 
         os.close(ready_fd)
         store = store or Store.from_url(ctx.redis_url)
     try:
-        Supervisor(store, ctx, pre=pre).run(job)
+        Supervisor(store, ctx).run(job)
     except BaseException as e:  # the supervisor failed: its job must not be left running
         _diag(ctx, f"job {job.id}: supervisor failed: {traceback.format_exc()}")
         ctx.containment.kill_all(job.id)
@@ -275,13 +224,11 @@ def parse_progress(raw: bytes) -> Progress | None:
 
 
 class Supervisor:
-    def __init__(self, store: Store, ctx: WorkerContext, clock: Callable[[], float] = time.time,
-                 pre: PreChild | None = None):
+    def __init__(self, store: Store, ctx: WorkerContext, clock: Callable[[], float] = time.time):
         self.store = store
         self.ctx = ctx
         self.clock = clock
         self.c = ctx.containment
-        self.pre = pre  # a spare's pre-forked child, already in the spare's cgroup
 
     # ---- start --------------------------------------------------------------------------------
 
@@ -342,11 +289,6 @@ class Supervisor:
         elif job.owner.uid != os.geteuid():
             raise StartFailed(f"this daemon runs as uid {os.geteuid()} and cannot run a job as uid {job.owner.uid}")
         jobexec.check(tuple(job.spec.argv), env)
-        launch = Launch(argv=tuple(job.spec.argv), env=env, cwd=job.spec.cwd, user=job.owner.user,
-                        name=f"gpuq-start-{job.id}", drop_to=drop, join_files=(), stdout_fd=-1)
-        adopted = self._adopt(job, launch)
-        if adopted is not None:
-            return adopted
         notes = self.c.create(job.id, self._limits(job))
         out_r, out_w = os.pipe()
         try:
@@ -361,33 +303,6 @@ class Supervisor:
             os.close(out_w)
         os.set_blocking(out_r, False)
         self._visible = env["CUDA_VISIBLE_DEVICES"]
-        return child, out_r, notes
-
-    def _adopt(self, job: Job, launch: Launch) -> tuple[PreparedJob, int, list[str]] | None:
-        """Start ``job`` in the spare's pre-forked child: rename the spare's cgroup to the job's,
-        set the job's limits, send the child the job.  None (the pre-forked child let go, the
-        spare's cgroup removed) when any step fails: the caller starts the old way."""
-        pre = self.pre
-        if pre is None:
-            return None
-        pre.used = True
-        me = os.getpid()
-        try:
-            notes = self.c.spare_adopt(me, job.id, self._limits(job))
-        except OSError as e:
-            if e.errno != errno.EEXIST:  # EEXIST: an earlier run's cgroup of the same job (expected)
-                _diag(self.ctx, f"job {job.id}: the spare's cgroup could not become the job's ({e}): "
-                                "started the old way")
-            pre.abort()
-            self.c.remove(job.id)  # the renamed cgroup, now empty (an earlier run's is removed too, if empty)
-            self.c.spare_remove(me)
-            return None
-        out_r = pre.out_r
-        assert out_r is not None
-        pre.out_r = None
-        child = pre.start(launch)
-        os.set_blocking(out_r, False)
-        self._visible = launch.env["CUDA_VISIBLE_DEVICES"]
         return child, out_r, notes
 
     def _go(self, job: Job, child: PreparedJob, log: CappedLog, notes: list[str]) -> None:
