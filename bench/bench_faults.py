@@ -389,10 +389,12 @@ class Harness:
             if pids and jid not in running and jid not in sups and \
                     (self.jobs([jid]) or [{}])[0].get("state") != "running":  # placed since
                 self._fail(f"orphan: processes {pids} left in the cgroup of job {jid}", jid)
-        dup = [job_id for job_id, _ in self._our_supervisors()]
+        ours = self._our_supervisors()
+        dup = [job_id for job_id, _ in ours]
         for job_id in set(dup):
             if dup.count(job_id) > 1:
-                self._fail(f"two supervisors for job {job_id}")
+                who = ", ".join(f"pid {pid} (parent {self._ppid(pid)})" for j, pid in ours if j == job_id)
+                self._fail(f"two supervisors for job {job_id}: {who}", job_id)
         viol = self.locks / "VIOLATIONS"
         if viol.exists() and viol.read_text().strip():
             self._fail(viol.read_text().strip())

@@ -23,6 +23,15 @@ GPUQ = str(BIN / "gpuq")
 TEST_USERS = ("gpuqtest-alice", "gpuqtest-bob")
 
 
+def process_alive(pid: int) -> bool:
+    """Is ``pid`` a live process (not gone, not a zombie)?"""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[-1].split()[0] not in (b"Z", b"X")
+    except OSError:
+        return False
+
+
 def _open_dir(prefix: str) -> Path:
     """A temp dir every user can enter (pytest's tmp_path is private to root)."""
     d = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))

@@ -36,15 +36,41 @@ _GO = b"g"
 _EXEC_FAILED = "exec "  # prefix of an errno report: "exec <errno> <filename>"
 _CHILD_FAILED_RC = 127
 PR_SET_NAME = 15
+PR_GET_NAME = 16
 PR_SET_CHILD_SUBREAPER = 36
+_COMM_LEN = 16  # TASK_COMM_LEN: a process name is at most 15 bytes and a NUL
 
 
-def prctl(option: int, arg: int | bytes) -> None:
+def prctl(option: int, arg: int | bytes | ctypes.Array) -> None:
     """prctl(2), best effort (names and the subreaper flag are conveniences, not guarantees)."""
     try:
         ctypes.CDLL(None, use_errno=True).prctl(option, arg, 0, 0, 0)
     except (OSError, AttributeError):
         pass
+
+
+def process_name() -> bytes:
+    """This process's name (what ``ps -o comm`` shows)."""
+    buf = ctypes.create_string_buffer(_COMM_LEN)
+    prctl(PR_GET_NAME, buf)
+    return buf.value
+
+
+def fork_named(name: str) -> int:
+    """``os.fork()``, with the child already called ``name`` when it first exists: the caller
+    wears the name for the instant of the fork.  A child that named itself after the fork would
+    carry its parent's name until it ran, and a supervisor's unexec'd child would look like a
+    second supervisor of the same job to anyone listing processes (ps, pkill, the fault harness)."""
+    own = process_name()
+    prctl(PR_SET_NAME, name.encode()[:_COMM_LEN - 1])
+    try:
+        pid = os.fork()
+    except OSError:
+        prctl(PR_SET_NAME, own)
+        raise
+    if pid:
+        prctl(PR_SET_NAME, own)
+    return pid
 
 
 class StartFailed(GpuqError):
@@ -148,7 +174,7 @@ def prepare(launch: Launch) -> PreparedJob:
     go_r, go_w = os.pipe2(os.O_CLOEXEC)
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     try:
-        pid = os.fork()
+        pid = fork_named(launch.name)
     except OSError:
         for fd in (go_r, go_w, err_r, err_w):
             os.close(fd)
@@ -169,7 +195,6 @@ def prepare(launch: Launch) -> PreparedJob:
 def _child(launch: Launch, go_r: int, err_w: int) -> None:  # pragma: no cover - runs in the child
     """Steps 1-5 of the module docstring; returns only on failure (after reporting it)."""
     try:
-        prctl(PR_SET_NAME, launch.name.encode()[:15])
         os.setsid()
         for path in launch.join_files:
             try:

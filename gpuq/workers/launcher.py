@@ -30,7 +30,7 @@ from gpuq.paths import Paths
 from gpuq.store import Store
 from gpuq.workers import cgroup
 from gpuq.workers.cgroup import Containment
-from gpuq.workers.spare import Spare, SpareGone, fork_spare
+from gpuq.workers.spare import Spare, SpareGone, fork_detached, fork_spare
 
 SUPERVISOR_READY_S = 10.0
 DEFAULT_LOG_CAP_BYTES = 1 << 30
@@ -182,25 +182,18 @@ def start_supervisor(ctx: WorkerContext, job: Job) -> int | None:
 def spawn_supervisor(ctx: WorkerContext, job: Job) -> int | None:
     """Double-fork a supervisor for ``job`` in its own session; its pid once it is ready, or None."""
     r, w = os.pipe()
-    first = os.fork()
-    if first == 0:  # intermediate: new session, fork the supervisor, exit so it is re-parented
-        code = 1
-        try:
-            os.close(r)
-            os.setsid()
-            if os.fork() == 0:
-                from gpuq.workers.supervisor import supervisor_main
 
-                code = 1
-                try:
-                    code = supervisor_main(ctx, job, w)
-                finally:
-                    os._exit(code)
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(w)
-    os.waitpid(first, 0)
+    def run_supervisor() -> int:
+        from gpuq.workers.supervisor import supervisor_main
+
+        return supervisor_main(ctx, job, w)
+    try:
+        fork_detached(run_supervisor, (r,))
+    except OSError:
+        os.close(r)
+        raise
+    finally:
+        os.close(w)
     try:
         ready, _, _ = select.select([r], [], [], SUPERVISOR_READY_S)
         data = os.read(r, 64) if ready else b""

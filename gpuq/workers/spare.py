@@ -34,7 +34,7 @@ import json
 import os
 import select
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from gpuq.jobs.model import Job
 
@@ -113,36 +113,47 @@ class SpareGone(Exception):
     """The spare died before it saw the job: nothing was started."""
 
 
-def fork_spare(ctx: "WorkerContext") -> Spare:
-    """Fork a spare supervisor for this worker (see the module docstring)."""
-    job_r, job_w = os.pipe2(os.O_CLOEXEC)
-    ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
-    try:
-        first = os.fork()
-    except OSError:
-        for fd in (job_r, job_w, ready_r, ready_w):
-            os.close(fd)
-        raise
-    if first == 0:  # pragma: no cover - intermediate: new session, fork the spare, exit
+def fork_detached(main: Callable[[], int], close_in_child: Sequence[int]) -> None:
+    """Run ``main`` in a process of its own session, re-parented away from the caller: an
+    intermediate process closes ``close_in_child``, calls ``setsid``, forks the process that runs
+    ``main`` (its return value is the exit status) and exits.  Returns once the intermediate has
+    exited; OSError if the first fork fails.  Every supervisor, spare or not, starts this way."""
+    first = os.fork()
+    if first == 0:  # pragma: no cover - intermediate: new session, fork the detached process, exit
         code = 1
         try:
-            os.close(job_w)
-            os.close(ready_r)
+            for fd in close_in_child:
+                os.close(fd)
             os.setsid()
             if os.fork() == 0:
-                from gpuq.workers.supervisor import spare_main
-
                 code = 1
                 try:
-                    code = spare_main(ctx, job_r, ready_w)
+                    code = main()
                 finally:
                     os._exit(code)
             code = 0
         finally:
             os._exit(code)
+    os.waitpid(first, 0)
+
+
+def fork_spare(ctx: "WorkerContext") -> Spare:
+    """Fork a spare supervisor for this worker (see the module docstring)."""
+    job_r, job_w = os.pipe2(os.O_CLOEXEC)
+    ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
+
+    def run_spare() -> int:
+        from gpuq.workers.supervisor import spare_main
+
+        return spare_main(ctx, job_r, ready_w)
+    try:
+        fork_detached(run_spare, (job_w, ready_r))
+    except OSError:
+        for fd in (job_r, job_w, ready_r, ready_w):
+            os.close(fd)
+        raise
     os.close(job_r)
     os.close(ready_w)
-    os.waitpid(first, 0)
     return Spare(job_w, ready_r)
 
 

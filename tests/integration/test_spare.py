@@ -16,16 +16,11 @@ import pytest
 from gpuq.store import Store
 from gpuq.workers import spare
 from gpuq.workers.launcher import WorkerContext
+from tests.conftest import process_alive
 
 pytestmark = pytest.mark.integration
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[-1].split()[0] not in (b"Z", b"X")
-    except OSError:
-        return False
 
 
 def _comm(pid: int) -> str:
@@ -61,7 +56,7 @@ def _workers(d) -> list[int]:
 
 
 def _spares(d) -> list[int]:
-    return [p for p in _children(d.proc.pid) if _comm(p) == spare.SPARE_NAME and _alive(p)]
+    return [p for p in _children(d.proc.pid) if _comm(p) == spare.SPARE_NAME and process_alive(p)]
 
 
 def _spare_of(d, worker: int) -> int | None:
@@ -109,7 +104,7 @@ def test_every_worker_keeps_one_spare_which_ends_with_it(make_daemon, open_tmp):
     worker = workers[0]
     sp = _wait(lambda: _spare_of(d, worker), 30, f"worker {worker} has no spare supervisor")
     os.kill(worker, signal.SIGKILL)
-    _wait(lambda: not _alive(sp), 30, "the spare outlived its worker (killed with SIGKILL)")
+    _wait(lambda: not process_alive(sp), 30, "the spare outlived its worker (killed with SIGKILL)")
     # the daemon restarts the worker, with a new spare; a job still runs exactly once
     (open_tmp / "once.sh").write_text("#!/bin/sh\necho run >> runs.txt\n")
     (open_tmp / "once.sh").chmod(0o755)
@@ -122,7 +117,7 @@ def test_every_worker_keeps_one_spare_which_ends_with_it(make_daemon, open_tmp):
     d.proc.send_signal(signal.SIGTERM)
     d.proc.wait(60)
     for p in left:
-        _wait(lambda p=p: not _alive(p), 30, "a spare outlived its stopped daemon")
+        _wait(lambda p=p: not process_alive(p), 30, "a spare outlived its stopped daemon")
 
 
 def test_a_job_is_handed_to_a_waiting_spare_and_each_spare_is_used_once(make_daemon, open_tmp):
@@ -183,7 +178,7 @@ def test_a_worker_that_dies_before_or_while_handing_a_job_over_starts_nothing(ma
         whole = json.dumps(job.to_dict()).encode() + b"\n"
         os.write(s._job_w, whole[: len(whole) // 2])
     s.close()  # the worker's end closes: as at its death
-    _wait(lambda: not _alive(pid), 30, "the spare did not end when its worker's end closed")
+    _wait(lambda: not process_alive(pid), 30, "the spare did not end when its worker's end closed")
     assert not (open_tmp / "marks.txt").exists(), "the spare started a job it was not wholly handed"
     assert not (d.home / "supervisors" / f"{j}.json").exists()
     assert d.job(j)["state"] == "completed"
@@ -207,7 +202,7 @@ def test_a_spare_handed_a_run_that_is_no_longer_current_starts_nothing(make_daem
     (open_tmp / "go").unlink()
     s, pid = _forked_spare(ctx)
     assert s.hand(stale, 30.0) == pid
-    _wait(lambda: not _alive(pid), 30, "the spare kept running a run that is not current")
+    _wait(lambda: not process_alive(pid), 30, "the spare kept running a run that is not current")
     assert not (open_tmp / "marks.txt").exists(), "a run that is no longer current was started"
     after = d.job(j)
     assert after["state"] == "completed" and len(after["events"]) == len(done["events"])

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import process_alive
+
 pytestmark = pytest.mark.integration
 HERE = Path(__file__).parent
 
@@ -30,12 +32,6 @@ def _supervisor_of(d, job_id: int) -> int:
     return rec["pid"]
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[-1].split()[0] not in (b"Z", b"X")
-    except OSError:
-        return False
 
 
 def _wait_file(path: Path, timeout: float = 30) -> str:
@@ -74,11 +70,11 @@ def test_cancel_kills_processes_that_left_the_session(make_daemon, open_tmp, mod
     j = d.submit("--gpus", "0", "--", "./escape.sh", cwd=open_tmp)
     escaped = int(_wait_file(open_tmp / "escaped.pid"))
     bg = int(_wait_file(open_tmp / "bg.pid"))
-    assert _alive(escaped) and _alive(bg)
+    assert process_alive(escaped) and process_alive(bg)
     assert d.cli("cancel", str(j)).rc == 0
     d.wait_state(j, "cancelled", timeout=30)
-    assert not _alive(escaped), "a process that called setsid survived the cancel"
-    assert not _alive(bg), "a process in its own process group survived the cancel"
+    assert not process_alive(escaped), "a process that called setsid survived the cancel"
+    assert not process_alive(bg), "a process in its own process group survived the cancel"
 
 
 @pytest.mark.parametrize("mode", ["v1", "v2"])
@@ -115,7 +111,7 @@ def test_without_cgroups_the_log_and_status_say_so(make_daemon, open_tmp):
     pid = d.wait_pid(j)
     assert d.cli("cancel", str(j)).rc == 0  # the process-group fallback still stops the job
     d.wait_state(j, "cancelled", timeout=30)
-    assert not _alive(pid)
+    assert not process_alive(pid)
 
 
 def test_killed_supervisor_is_noticed_and_its_job_stopped(make_daemon, open_tmp):
@@ -131,7 +127,7 @@ def test_killed_supervisor_is_noticed_and_its_job_stopped(make_daemon, open_tmp)
     assert time.monotonic() - t0 < 5  # one probe interval (1 s) plus the machine's load
     assert "supervisor" in job["end_reason"] and "died" in job["end_reason"]
     assert any("supervisor" in e for e in _events(d, plain))
-    assert not _alive(escaped) and not _alive(main)
+    assert not process_alive(escaped) and not process_alive(main)
 
     # a checkpointable job goes back to the queue instead, and runs again
     (open_tmp / "ck.sh").write_text("#!/bin/sh\n[ -f again ] && exit 0\ntouch again\nsleep 600\n")
@@ -155,7 +151,7 @@ def test_acknowledged_cancel_survives_a_daemon_crash(make_daemon, open_tmp):
     d.proc.wait(10)
     d.start()
     job = d.wait_state(j, "cancelled", timeout=30)
-    assert not _alive(pid)
+    assert not process_alive(pid)
     assert sum(1 for e in job["events"] if e["text"].startswith("started pid")) == 1, "the cancelled job ran again"
 
 
@@ -164,7 +160,7 @@ def test_drain_stops_and_requeues_while_plain_sigterm_leaves_jobs_running(make_d
     j = d.submit("--checkpointable", "--", "sleep", "600", cwd=open_tmp)
     pid = d.wait_pid(j)
     assert d.stop() == 0
-    assert not _alive(pid)
+    assert not process_alive(pid)
     d.args = [a for a in d.args if a != "--drain"]
     d.start()
     job = d.job(j)
@@ -355,7 +351,7 @@ def test_a_supervisor_whose_store_and_state_directory_are_gone_leaves(make_daemo
     os.kill(redis_pid, signal.SIGKILL)
     shutil.rmtree(d.home)
     deadline = time.monotonic() + 30  # the job ends after 2 s; one failed write later, it leaves
-    while _alive(sup):
+    while process_alive(sup):
         assert time.monotonic() < deadline, "the supervisor is still retrying a store that is gone"
         time.sleep(0.2)
 
@@ -381,7 +377,7 @@ def test_a_lost_node_has_its_jobs_requeued_and_its_stale_processes_fenced(make_d
             time.sleep(0.2)
         assert any("stopped reporting" in e for e in _events(a, j))
         deadline = time.monotonic() + 15
-        while _alive(old_pid):  # the stale run's own supervisor sees it is no longer current
+        while process_alive(old_pid):  # the stale run's own supervisor sees it is no longer current
             assert time.monotonic() < deadline, "the stale process of the lost node kept running"
             time.sleep(0.1)
     finally:
