@@ -46,17 +46,6 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-
-
-def group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-
 TERMINAL = {"completed", "failed", "cancelled", "timeout"}
 FORBIDDEN_CLI_IMPORTS = ("redis", "rq", "tensorflow")
 
@@ -68,6 +57,17 @@ WAIT_FILE_THEN_STAMP = ("import os,sys,time\nlimit=time.time()+float(sys.argv[3]
                         "while not os.path.exists(sys.argv[2]) and time.time()<limit: time.sleep(0.005)\n"
                         "with open(sys.argv[1],'w') as f: f.write(repr(time.time()))\n")
 BLOCKER_MAX_S = 900  # a blocker never outlives the benchmark by much, whatever happens
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether any process of process group ``pgid`` is alive."""
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
 
 
 def log(msg: str) -> None:
