@@ -22,7 +22,7 @@ NODE_LOST = "5s"  # [daemon] node_lost_timeout of both nodes
 
 
 @pytest.fixture
-def two_nodes(make_daemon, redis_server):
+def two_nodes(redis_server, make_daemon):
     """node-a and node-b on one store; returns (a, b)."""
     out = []
     for name in ("node-a", "node-b"):

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.integration
 HERE = Path(__file__).parent
 
 
-def test_two_nodes_share_one_queue(make_daemon, redis_server, open_tmp):
+def test_two_nodes_share_one_queue(redis_server, make_daemon, open_tmp):
     a = make_daemon("--simulate-gpus", "1x16GiB", "--node", "node-a", "--redis-url", redis_server)
     b = make_daemon("--simulate-gpus", "1x16GiB", "--node", "node-b", "--redis-url", redis_server)
     import time

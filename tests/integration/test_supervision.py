@@ -356,7 +356,7 @@ def test_a_supervisor_whose_store_and_state_directory_are_gone_leaves(make_daemo
         time.sleep(0.2)
 
 
-def test_a_lost_node_has_its_jobs_requeued_and_its_stale_processes_fenced(make_daemon, redis_server, open_tmp):
+def test_a_lost_node_has_its_jobs_requeued_and_its_stale_processes_fenced(redis_server, make_daemon, open_tmp):
     cfg = _config(open_tmp, 'node_lost_timeout = "3s"\nnode_ttl = "2s"')
     a = make_daemon("--simulate-gpus", "1x16GiB", "--node", "keep", "--redis-url", redis_server, "--config", str(cfg))
     b = make_daemon("--simulate-gpus", "1x16GiB", "--node", "lose", "--redis-url", redis_server, "--config", str(cfg),

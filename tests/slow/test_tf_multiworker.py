@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 HERE = Path(__file__).parent
 
 
-def test_two_worker_multiworkermirroredstrategy_through_gpuq(make_daemon, redis_server, open_tmp, test_users, tf_env):
+def test_two_worker_multiworkermirroredstrategy_through_gpuq(redis_server, make_daemon, open_tmp, test_users, tf_env):
     daemons = [make_daemon("--simulate-gpus", "1x16GiB", "--grace", "2s", "--node", name, "--address", "127.0.0.1",
                            "--redis-url", redis_server) for name in ("tf-a", "tf-b")]
     a = daemons[0]
