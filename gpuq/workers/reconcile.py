@@ -170,6 +170,12 @@ def sweep_leftovers(home: Path, containment: Containment, current: dict[int, Job
     """Kill and remove cgroups and records of runs that are not current here and whose
     supervisor is dead (a live supervisor of a stale run stops its job by itself)."""
     swept = []
+    # The cgroups are listed before the records are read: a supervisor writes its run record
+    # before it creates its job's cgroup, so every cgroup listed here already has its record on
+    # disk when the records are read.  Read the other way round, a start between the two reads
+    # (record written after the first, cgroup created before the second) looked like a leftover,
+    # and its just-started job was killed.
+    cgroups = containment.jobs()
     live_records = {}
     for rec in runrecord.all_records(home):
         job = current.get(rec.job)
@@ -178,7 +184,7 @@ def sweep_leftovers(home: Path, containment: Containment, current: dict[int, Job
             continue
         if job is None or (job.started_at != rec.token and job.placed_at != rec.token):
             runrecord.remove(home, rec.job, rec.token)  # (a placement-time record is a part at the barrier)
-    for job_id in containment.jobs():
+    for job_id in cgroups:
         if job_id in live_records or job_id in current:
             continue
         containment.kill_all(job_id)
