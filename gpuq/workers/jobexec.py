@@ -41,10 +41,16 @@ PR_SET_CHILD_SUBREAPER = 36
 _COMM_LEN = 16  # TASK_COMM_LEN: a process name is at most 15 bytes and a NUL
 
 
+_libc: ctypes.CDLL | None = None
+
+
 def prctl(option: int, arg: int | bytes | ctypes.Array) -> None:
     """prctl(2), best effort (names and the subreaper flag are conveniences, not guarantees)."""
+    global _libc
     try:
-        ctypes.CDLL(None, use_errno=True).prctl(option, arg, 0, 0, 0)
+        if _libc is None:
+            _libc = ctypes.CDLL(None, use_errno=True)  # opened once: a start names processes four times
+        _libc.prctl(option, arg, 0, 0, 0)
     except (OSError, AttributeError):
         pass
 

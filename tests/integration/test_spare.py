@@ -21,8 +21,6 @@ from tests.conftest import process_alive
 pytestmark = pytest.mark.integration
 
 
-
-
 def _comm(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/comm").read_text().strip()

@@ -32,8 +32,6 @@ def _supervisor_of(d, job_id: int) -> int:
     return rec["pid"]
 
 
-
-
 def _wait_file(path: Path, timeout: float = 30) -> str:
     deadline = time.monotonic() + timeout
     while not path.exists() or not path.read_text().strip():
