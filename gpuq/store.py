@@ -12,6 +12,7 @@ import logging
 import re
 import secrets
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import redis
@@ -36,16 +37,19 @@ QUEUED_STATES = (JobState.PENDING, JobState.HELD)
 #: record is never decoded twice: status and the scheduler's load stay cheap on a long queue).
 DECODED_CACHE_MAX = 20000
 
-_LEADER_LUA = """
+# KEYS: the lease, the wake-up list.  The leader renews (or takes) the lease and takes the
+# wake-ups queued so far in the same call: the cycle that follows sees every change they announce.
+_LEAD_LUA = """
 local cur = redis.call('GET', KEYS[1])
 if cur == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
 elseif not cur then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
+else
+  return 0
 end
-return 0
+redis.call('DEL', KEYS[2])
+return 1
 """
 
 
@@ -120,6 +124,27 @@ def _dump_env(job: Job) -> str:
     return json.dumps(dict(job.spec.env), separators=(",", ":"))
 
 
+def _json_dict(raw: bytes | str | None) -> dict[str, Any] | None:
+    """A stored JSON object, or None (missing, or garbage: a record started afresh)."""
+    if not raw:
+        return None
+    try:
+        d = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return d if isinstance(d, dict) else None
+
+
+@dataclass(frozen=True)
+class UsageCharge:
+    """What the end of a run adds to ``user``'s fair-share record, in the transaction that records
+    the end: ``charge(job as changed, the user's record or None, the leader's published config)``
+    returns the new record, or None to leave it alone (a part of a job across nodes that is not
+    the last to end)."""
+    user: str
+    charge: Callable[[Job, dict[str, Any] | None, dict[str, Any]], dict[str, Any] | None]
+
+
 def _hold_ok(d: Mapping[str, Any]) -> bool:
     """A GPU-hold record as the dashboard sampler writes it (anything else is skipped)."""
     num = (int, float)
@@ -132,7 +157,7 @@ class Store:
     def __init__(self, client: redis.Redis):
         self.r = client
         self._decoded: dict[bytes | str, Job] = {}
-        self._leader = self.r.register_script(_LEADER_LUA)
+        self._lead = self.r.register_script(_LEAD_LUA)
 
     @classmethod
     def from_url(cls, url: str) -> "Store":
@@ -446,25 +471,29 @@ class Store:
         also: Callable[[Pipeline, Job], None] | None = None,
         wake: bool = True,
         fence: tuple[str, str] | None = None,
+        usage: UsageCharge | None = None,
     ) -> Job | None:
         """Apply ``change`` to the stored job atomically; returns the new job, or None when
         ``change`` returned None (nothing to do).  ``also`` adds commands to the same
         transaction (used to enqueue the RQ job together with the placement).  ``wake=False``
         does not wake the scheduler (for the scheduler's own changes).  ``fence=(key, value)`` applies
-        the change only while ``key`` holds ``value`` (the scheduler's lease), checked atomically."""
+        the change only while ``key`` holds ``value`` (the scheduler's lease), checked atomically.
+        ``usage`` charges a user's fair-share record in the same transaction (the end of a run:
+        the scheduler, woken by it, never sees the end without its usage)."""
         key = keys.job(job_id)
+        watched = [key] + ([fence[0]] if fence else []) + ([keys.USAGE, keys.CONFIG] if usage else [])
         with _wrap("updating a job"):
             with self.r.pipeline(transaction=True) as pipe:
                 while True:
                     try:
-                        pipe.watch(key, *([fence[0]] if fence else []))
+                        pipe.watch(*watched)
+                        # the environment is written once at submit: read with the record, not watched
+                        raw, env_raw, *rest = pipe.mget([key, keys.job_env(job_id)] + watched[1:])
                         if fence is not None:
-                            holder = pipe.get(fence[0])
+                            holder = rest.pop(0)
                             if (holder.decode() if isinstance(holder, bytes) else holder) != fence[1]:
                                 pipe.unwatch()
                                 return None  # we lost the lease: another leader decides now
-                        raw = pipe.get(key)
-                        env_raw = pipe.get(keys.job_env(job_id))  # written once at submit: not watched
                         try:
                             old = _load(raw, env_raw)
                         except BadRecord:
@@ -477,6 +506,9 @@ class Store:
                         if new is None:
                             pipe.unwatch()
                             return None
+                        charged = None
+                        if usage is not None:
+                            charged = usage.charge(new, _json_dict(pipe.hget(keys.USAGE, usage.user)), _json_dict(rest[-1]) or {})
                         pipe.multi()
                         pipe.set(key, _dump(new))
                         if env_raw is None and new.spec.env:  # a record from before environments had their key
@@ -496,13 +528,16 @@ class Store:
                             pipe.srem(keys.node_running(gone), job_id)
                         for came in new_nodes - old_nodes:
                             pipe.sadd(keys.node_running(came), job_id)
-                        if wake and (new.state is not old.state or new.stop_request != old.stop_request):
-                            pipe.lpush(keys.WAKE, "update")
+                        if charged is not None:
+                            assert usage is not None
+                            pipe.hset(keys.USAGE, usage.user, json.dumps(charged))
                         text = event(new) if callable(event) else event
                         if text:
                             self._event(pipe, job_id, now, text)
                         if also is not None:
                             also(pipe, new)
+                        if wake and (new.state is not old.state or new.stop_request != old.stop_request):
+                            pipe.lpush(keys.WAKE, "update")
                         pipe.execute()
                         return new
                     except redis.WatchError:
@@ -571,25 +606,6 @@ class Store:
                 log.error("usage record of %s cannot be read; counting it as no usage", _text(k))
         return out
 
-    def update_usage(self, user: str, change: Callable[[dict[str, Any] | None], dict[str, Any]]) -> None:
-        with _wrap("recording usage"):
-            with self.r.pipeline(transaction=True) as pipe:
-                while True:
-                    try:
-                        pipe.watch(keys.USAGE)
-                        raw = pipe.hget(keys.USAGE, user)
-                        try:
-                            old = json.loads(raw) if raw else None
-                        except ValueError:
-                            old = None  # garbage: start this user's record afresh
-                        new = change(old if isinstance(old, dict) else None)
-                        pipe.multi()
-                        pipe.hset(keys.USAGE, user, json.dumps(new))
-                        pipe.execute()
-                        return
-                    except redis.WatchError:
-                        continue
-
     def set_reasons(self, reasons: Mapping[int, str]) -> None:
         with _wrap("publishing pending reasons"):
             with self.r.pipeline(transaction=True) as pipe:
@@ -602,15 +618,6 @@ class Store:
         """The leader's settings that workers need (the fair-share half-life)."""
         with _wrap("publishing the scheduler config"):
             self.r.set(keys.CONFIG, json.dumps(dict(config)))
-
-    def published_config(self) -> dict[str, Any]:
-        with _wrap("reading the scheduler config"):
-            raw = self.r.get(keys.CONFIG)
-        try:
-            d = json.loads(raw) if raw else {}
-        except ValueError:
-            return {}
-        return d if isinstance(d, dict) else {}
 
     def overuse_warnings(self) -> dict[int, str]:
         """Running jobs that use more GPU memory than they reserved (written by the node agents)."""
@@ -636,16 +643,16 @@ class Store:
             self.r.lpush(keys.WAKE, why)
 
     def wait_wake(self, timeout_s: float) -> bool:
-        """Block until something wakes the scheduler or ``timeout_s`` passes; drains the list."""
+        """Block until something wakes the scheduler or ``timeout_s`` passes (the wake-ups left
+        queued are taken by the next :meth:`lead_cycle`)."""
         with _wrap("waiting for work"):
-            got = self.r.blpop([keys.WAKE], timeout=max(timeout_s, 0.01))
-            if got is not None:
-                self.r.delete(keys.WAKE)
-        return got is not None
+            return self.r.blpop([keys.WAKE], timeout=max(timeout_s, 0.01)) is not None
 
-    def hold_leadership(self, node: str, ttl_s: float) -> bool:
+    def lead_cycle(self, node: str, ttl_s: float) -> bool:
+        """Before a scheduling cycle: renew (or take) the leader's lease for ``node`` and take the
+        wake-ups queued so far, in one call.  False: another node leads (nothing is taken)."""
         with _wrap("electing the scheduler leader"):
-            return bool(self._leader(keys=[keys.LEADER], args=[node, int(ttl_s * 1000)]))
+            return bool(self._lead(keys=[keys.LEADER, keys.WAKE], args=[node, int(ttl_s * 1000)]))
 
     def leader(self) -> str | None:
         with _wrap("reading the leader"):

@@ -73,7 +73,7 @@ class Daemon:
     def __init__(self, cfg: DaemonConfig):
         self.cfg = cfg
         self.stop = threading.Event()
-        self.agent_wake = threading.Event()  # set when a job was placed on this node or on shutdown
+        self.agent_wake = threading.Event()  # set after a cycle a wake-up started (a job ended: re-probe) or on shutdown
         self.redis: EmbeddedRedis | None = None
 
     def _on_signal(self, signum: int, frame: object) -> None:
@@ -91,10 +91,6 @@ class Daemon:
                     self.redis.restart()
                 except StoreUnavailable as e:
                     log.error("%s (retrying)", e)
-
-    def _placed(self, node: str) -> None:
-        if node == self.cfg.node:
-            self.agent_wake.set()
 
     def _connect(self) -> tuple[Store, str]:
         if self.cfg.redis_url:
@@ -146,7 +142,7 @@ class Daemon:
             api.start()
             views = [v for v in (start_metrics(cfg, store), start_dashboard(cfg, store)) if v is not None]
             if cfg.scheduler:
-                loop = SchedulerLoop(store, cfg, on_placed=self._placed, on_wake=self.agent_wake.set)
+                loop = SchedulerLoop(store, cfg, on_wake=self.agent_wake.set)
                 sched_thread = threading.Thread(target=loop.run, args=(self.stop,), name="gpuq-scheduler",
                                                 daemon=True)
                 sched_thread.start()

@@ -74,12 +74,11 @@ def placed_event(p: Placement) -> str:
 
 class SchedulerLoop:
     def __init__(self, store: Store, cfg: DaemonConfig, clock: Callable[[], float] = time.time,
-                 on_placed: Callable[[str], None] | None = None, on_wake: Callable[[], None] | None = None):
+                 on_wake: Callable[[], None] | None = None):
         self.store = store
         self.cfg = cfg
         self.clock = clock
-        self.on_placed = on_placed  # told the node of each placement (the local agent readies a worker)
-        self.on_wake = on_wake  # told of each wake-up (a job ended: the local agent re-probes at once)
+        self.on_wake = on_wake  # told after the cycle that a wake-up started (a job ended: the local agent re-probes at once)
         self.half_life_s = float(cfg.policy.half_life_s)
         self._published_reasons: dict[int, str] | None = None
         self._published_config = False
@@ -159,12 +158,9 @@ class SchedulerLoop:
                     return None  # held, cancelled or started meanwhile: the next cycle decides again
                 return j.transition(JobState.RUNNING, placement=p, placed_at=now)
 
-            placed = self.store.update(start.job_id, change, now, event=placed_event(p),
-                                       also=lambda pipe, job: enqueue_placement(self.store, job, pipe), wake=False,
-                                       fence=(keys.LEADER, self.cfg.node))
-            if placed is not None and self.on_placed is not None:
-                for node in p.nodes:
-                    self.on_placed(node)
+            self.store.update(start.job_id, change, now, event=placed_event(p),
+                              also=lambda pipe, job: enqueue_placement(self.store, job, pipe), wake=False,
+                              fence=(keys.LEADER, self.cfg.node))
         for pre in decisions.preempts:
             def stop(j: Job) -> Job | None:
                 if j.state is not JobState.RUNNING or j.stop_request is not None or j.started_at is None:
@@ -197,12 +193,14 @@ class SchedulerLoop:
 
     def run(self, stop: threading.Event) -> None:
         ttl_s = max(5.0, self.cfg.cycle_s * 5)
+        woken = False
         while not stop.is_set():
             try:
-                if self.store.hold_leadership(self.cfg.node, ttl_s):
+                if self.store.lead_cycle(self.cfg.node, ttl_s):
                     self.cycle()
-                    if self.store.wait_wake(self.cfg.cycle_s) and self.on_wake is not None:
-                        self.on_wake()
+                    if woken and self.on_wake is not None:
+                        self.on_wake()  # after the cycle, not during it: the two would share the daemon's GIL
+                    woken = self.store.wait_wake(self.cfg.cycle_s)
                 else:
                     stop.wait(self.cfg.cycle_s)  # leave the wake-ups to the leader
             except StoreUnavailable as e:

@@ -32,10 +32,10 @@ from typing import Callable
 
 from gpuq import accounting, keys
 from gpuq.errors import GpuqError, JobNotFound, RecordSetAside, StoreUnavailable
-from gpuq.jobs.model import REQUEUE_EXIT_CODE, Job, JobState, PartEnd, Placement, Progress, StopKind
+from gpuq.jobs.model import REQUEUE_EXIT_CODE, Job, JobState, PartEnd, Placement, Progress, StopKind, StopRequest
 from gpuq.safefile import read_small
 from gpuq.scheduler import fairshare, usage  # imported here, not at a job's end: the worker's spare inherits them
-from gpuq.store import Store
+from gpuq.store import Store, UsageCharge
 from gpuq.workers import jobexec, runrecord, spare
 from gpuq.workers.cgroup import JobLimits
 from gpuq.workers.jobexec import Credentials, Launch, PreparedJob, StartFailed
@@ -56,6 +56,13 @@ _INT_MAX = 2**53
 
 
 _GONE = object()  # the job's record no longer exists (or could not be read and was set aside)
+
+
+class _Superseded:
+    """What the last check before exec found when this run is no longer the job's current one."""
+
+
+SUPERSEDED = _Superseded()
 
 
 def _diag(ctx: WorkerContext, text: str) -> None:
@@ -305,10 +312,47 @@ class Supervisor:
         self._visible = env["CUDA_VISIBLE_DEVICES"]
         return child, out_r, notes
 
+    def _gpus_text(self, job: Job) -> str:
+        return ",".join(str(i) for i in self._mine(job).gpu_indices) or "none (CPU only)"
+
+    def _last_check(self, job: Job, pid: int | None) -> StopRequest | _Superseded | None:
+        """Just before the job's process may exec: one transaction that re-reads the record and,
+        unless a stop was acknowledged since the claim (that stop is returned) or this run is no
+        longer the job's current one (a late start: ``SUPERSEDED``), records ``pid`` (the prepared
+        child, which execs next).  Redis away: None, and the pid stays buffered for the polls."""
+        seen: list[StopRequest | _Superseded] = []
+        assert job.placement is not None
+        rank0 = not job.placement.is_gang or job.placement.rank_of(self.ctx.node) == 0
+
+        def change(j: Job) -> Job | None:
+            seen.clear()
+            if not same_run(j, job):
+                seen.append(SUPERSEDED)
+                return None
+            if j.stop_request is not None:
+                seen.append(j.stop_request)
+                return None
+            if pid is None:
+                return None  # the process could not be prepared: the start fails below
+            # a job across nodes records rank 0's pid (the others' pids are in their events and heartbeats)
+            return j.with_changes(pid=pid) if rank0 else j
+
+        if pid is not None:
+            self._buffered = (pid, self._gpus_text(job))
+        try:
+            done = self.store.update(job.id, change, self.clock(),
+                                     event=f"{self._part_label(job)}started pid {pid} on {self.ctx.node} GPUs "
+                                           f"{self._gpus_text(job)}")
+        except (StoreUnavailable, JobNotFound, RecordSetAside):
+            return None  # unknown: start, and record the pid (or stop) at the first poll that reaches it
+        if done is not None:
+            self._buffered = None
+        return seen[0] if seen else None
+
     def _go(self, job: Job, child: PreparedJob, log: CappedLog, notes: list[str]) -> None:
-        """Log the start, let the prepared child exec, and record its pid."""
+        """Log the start and let the prepared child exec (its pid is recorded already, or buffered)."""
         p = self._mine(job)
-        gpus = ",".join(str(i) for i in p.gpu_indices) or "none (CPU only)"
+        gpus = self._gpus_text(job)
         for note in notes:
             log.note(note)
         r = job.spec.resources
@@ -316,8 +360,6 @@ class Supervisor:
         log.note(f"job {job.id} run {job.requeues + 1} {self._part_label(job)}starting on {p.node}, GPUs {gpus}, "
                  f"CUDA_VISIBLE_DEVICES={self._visible}, contained by {self.c.name}{limits}")
         child.go()
-        self._buffered = (child.pid, gpus)
-        self._record_pid(job)
 
     def _record_pid(self, job: Job) -> None:
         """Record the job's pid (when Redis is away, retried at each poll until it is recorded)."""
@@ -348,22 +390,15 @@ class Supervisor:
             failure = e
         try:
             log_path, _, _ = self._prepare_files(job)
-            stop = None
-            superseded = False
-            try:  # a stop acknowledged while we were being forked: do not start the process at all
-                now_job = self.store.get(job.id)
-                if not same_run(now_job, job):  # the run failed or was reconciled meanwhile (a late start)
-                    superseded = True
-                elif now_job.stop_request is not None:
-                    stop = now_job.stop_request
-            except (StoreUnavailable, JobNotFound, RecordSetAside):
-                pass
+            # a stop acknowledged while we were being forked: do not start the process at all
+            seen = self._last_check(job, child.pid if child is not None else None)
         except BaseException:
             if child is not None:
                 child.abort()
                 os.close(out_r)
             raise
-        if superseded:
+        stop = seen if isinstance(seen, StopRequest) else None
+        if seen is SUPERSEDED:  # the run failed or was reconciled meanwhile (a late start)
             if child is not None:
                 child.abort()
                 os.close(out_r)
@@ -584,22 +619,20 @@ class Supervisor:
                 return f"{self._part_label(j)}ended ({reason}); waiting for the other parts to end"
             return f"{j.state.value}: {j.end_reason}"
 
-        done = self.store.update(job.id, change, now, event=event, wake=False,
+        def charge(j: Job, record: dict | None, config: dict) -> dict | None:
+            """Fair-share usage of this run, counted exactly as plan() counted it while it ran."""
+            if j.state is JobState.RUNNING or gpu_share <= 0 or run_s <= 0:
+                return None  # another part of the job still runs (its last part charges), or nothing to charge
+            return fairshare.add_run_usage(record, gpu_share, now - run_s, now, usage.half_life_from_config(config))
+
+        # one transaction: the end, the user's usage and the scheduler's wake-up
+        done = self.store.update(job.id, change, now, event=event, usage=UsageCharge(job.owner.user, charge),
                                  also=lambda pipe, j: pipe.delete(keys.job_heartbeat(job.id))
                                  if j.state is not JobState.RUNNING else None)
         if done is not None and done.state is JobState.RUNNING:
             return f"{reason}; the other parts still run"
-        if done is not None and gpu_share > 0 and run_s > 0:
-            self._add_usage(job.owner.user, gpu_share, now - run_s, now)
-        self.store.wake("job ended")  # one wake, after usage is recorded
         notify_job_end(done)
         return f"{to.value}: {reason}" if done is None else f"{done.state.value}: {done.end_reason}"
-
-    def _add_usage(self, user: str, gpus: float, started_at: float, ended_at: float) -> None:
-        """Fair-share usage of this run, counted exactly as plan() counted it while it ran."""
-        half_life_s = usage.half_life_from_store(self.store)
-        self.store.update_usage(
-            user, lambda rec: fairshare.add_run_usage(rec, gpus, started_at, ended_at, half_life_s))
 
 
 # ---- small helpers ------------------------------------------------------------------------------
