@@ -9,6 +9,7 @@ ACTIVE = PREFIX + "jobs:active"  # set of ids: pending, held, running
 FINISHED = PREFIX + "jobs:finished"  # zset id -> ended_at
 NODES = PREFIX + "nodes"  # set of node names that ever reported
 USAGE = PREFIX + "usage"  # hash user -> JSON usage record
+USAGE_SET_ASIDE = PREFIX + "usage:set-aside"  # where a usage key that is not a hash is moved, as evidence
 REASONS = PREFIX + "reasons"  # hash job id -> why it waits (rewritten each cycle)
 WAKE = PREFIX + "wake"  # list; LPUSH to wake the scheduler at once
 LEADER = PREFIX + "leader"  # node name of the scheduler leader (expiring)

@@ -481,14 +481,15 @@ class Store:
         ``usage`` charges a user's fair-share record in the same transaction (the end of a run:
         the scheduler, woken by it, never sees the end without its usage)."""
         key = keys.job(job_id)
-        watched = [key] + ([fence[0]] if fence else []) + ([keys.USAGE, keys.CONFIG] if usage else [])
+        fenced = [fence[0]] if fence else []
         with _wrap("updating a job"):
             with self.r.pipeline(transaction=True) as pipe:
                 while True:
                     try:
-                        pipe.watch(*watched)
+                        pipe.watch(key, *fenced, *([keys.USAGE, keys.CONFIG] if usage else []))
                         # the environment is written once at submit: read with the record, not watched
-                        raw, env_raw, *rest = pipe.mget([key, keys.job_env(job_id)] + watched[1:])
+                        raw, env_raw, *rest = pipe.mget([key, keys.job_env(job_id), *fenced,
+                                                         *([keys.CONFIG] if usage else [])])
                         if fence is not None:
                             holder = rest.pop(0)
                             if (holder.decode() if isinstance(holder, bytes) else holder) != fence[1]:
@@ -508,7 +509,13 @@ class Store:
                             return None
                         charged = None
                         if usage is not None:
-                            charged = usage.charge(new, _json_dict(pipe.hget(keys.USAGE, usage.user)), _json_dict(rest[-1]) or {})
+                            try:
+                                record = _json_dict(pipe.hget(keys.USAGE, usage.user))
+                            except redis.ResponseError:  # garbage: the usage key is not a hash
+                                log.error("the usage records (%s) are not a hash; the end of job %d is recorded "
+                                          "without its usage (the scheduler sets them aside)", keys.USAGE, job_id)
+                            else:
+                                charged = usage.charge(new, record, _json_dict(rest[0]) or {})
                         pipe.multi()
                         pipe.set(key, _dump(new))
                         if env_raw is None and new.spec.env:  # a record from before environments had their key
@@ -593,7 +600,13 @@ class Store:
 
     def usage_records(self) -> dict[str, dict[str, Any]]:
         with _wrap("reading usage"):
-            raw = self.r.hgetall(keys.USAGE)
+            try:
+                raw = self.r.hgetall(keys.USAGE)
+            except redis.ResponseError:  # garbage: the key is not a hash; set it aside, start afresh
+                self.r.rename(keys.USAGE, keys.USAGE_SET_ASIDE)
+                log.error("the usage records (%s) are not a hash and cannot be read: moved to %s; every user's "
+                          "usage starts afresh", keys.USAGE, keys.USAGE_SET_ASIDE)
+                return {}
         out = {}
         for k, v in raw.items():
             try:

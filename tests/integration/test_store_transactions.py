@@ -111,3 +111,23 @@ def test_the_leader_takes_the_queued_wake_ups_and_a_follower_leaves_them(redis_s
     assert store.r.llen(keys.WAKE) == 1  # never taken by a node that does not schedule
     assert store.leader() == "node-a"
     assert store.wait_wake(0.01) is True
+
+
+def test_a_usage_key_that_is_not_a_hash_never_blocks_an_end_and_is_set_aside(redis_server):
+    store = Store.from_url(redis_server)
+    job = _running(store)
+    store.r.set(keys.USAGE, "garbage")
+    calls: list = []
+
+    done = store.update(job.id, lambda j: j.transition(JobState.COMPLETED, ended_at=110.0), 110.0,
+                        usage=UsageCharge("alice", _charge_seen(calls)))
+
+    assert done is not None and done.state is JobState.COMPLETED  # recorded, without its usage
+    assert calls == [] and store.get(job.id).state is JobState.COMPLETED
+    assert store.usage_records() == {}  # the scheduler's read sets the garbage aside, as evidence
+    assert store.r.get(keys.USAGE_SET_ASIDE) == b"garbage" and not store.r.exists(keys.USAGE)
+
+    second = _running(store)
+    store.update(second.id, lambda j: j.transition(JobState.COMPLETED, ended_at=120.0), 120.0,
+                 usage=UsageCharge("alice", _charge_seen(calls)))
+    assert json.loads(store.r.hget(keys.USAGE, "alice")) == {"gpu_s": 10.0, "at": 110.0}
